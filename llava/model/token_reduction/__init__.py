@@ -1,0 +1,30 @@
+"""Visual-token reduction: PruMerge, PruMerge+ and baselines behind one registry."""
+
+from llava.model.token_reduction.attention import class_attention
+from llava.model.token_reduction.config import ReductionConfig
+from llava.model.token_reduction.reducers import (
+    ReducedTokens,
+    ReducerInputs,
+    descending_rank,
+    outlier_count,
+)
+from llava.model.token_reduction.registry import Reducer, available_reducers, get_reducer, register_reducer
+
+__all__ = [
+    "ReducedTokens",
+    "Reducer",
+    "ReducerInputs",
+    "ReductionConfig",
+    "available_reducers",
+    "class_attention",
+    "descending_rank",
+    "get_reducer",
+    "outlier_count",
+    "register_reducer",
+    "reduce",
+]
+
+
+def reduce(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
+    """Runs the reducer named by ``config.method`` on ``inputs``."""
+    return get_reducer(config.method).fn(inputs, config)

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# A few sentences so that the tiny tokenizer has real word pieces besides the template words.
+TINY_CORPUS = [
+    "What is this?",
+    "What is in the image? Describe it in detail.",
+    "It is a cat sitting on a mat next to a cup of coffee.",
+    "An astronaut in a white suit stands in front of a flag.",
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+    "The number is 12345.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a tiny trained Llama-style tokenizer (ids: unk/pad 0, BOS 1, EOS 2)."""
+    from llava.tokenizer_train import train_sentencepiece_tokenizer
+
+    out_dir = tmp_path_factory.mktemp("tiny_tokenizer")
+    train_sentencepiece_tokenizer(TINY_CORPUS, out_dir)
+    return out_dir
