@@ -26,3 +26,22 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out_dir = tmp_path_factory.mktemp("tiny_tokenizer")
     train_sentencepiece_tokenizer(TINY_CORPUS, out_dir)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full tiny LLaVA-1.5 checkpoint (tiny CLIP at 336/14 with 24 layers, 2-layer Llama), reduction none."""
+    from llava.tiny import build_tiny_llava
+
+    out_dir = tmp_path_factory.mktemp("tiny_llava")
+    build_tiny_llava(out_dir, corpus=TINY_CORPUS, reduction="none")
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tiny_llava_dir: Path):
+    """``(tokenizer, model)`` loaded from :func:`tiny_llava_dir` on CPU in float32."""
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, _, _ = load_pretrained_model(str(tiny_llava_dir), device="cpu")
+    return tokenizer, model

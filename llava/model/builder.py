@@ -1,0 +1,282 @@
+"""Loading LLaVA-1.5 checkpoints: full, LoRA (+ base LLM) and projector-only (+ base LLM).
+
+What a checkpoint is comes from the files in it, never from its folder name:
+
+- ``adapter_config.json`` → a LoRA run (the released ``yuzhang/llava-prumerge-*-lora`` are this):
+  needs ``model_base`` = the base LLM; ``non_lora_trainables.bin`` holds the projector.
+- ``mm_projector.bin`` and no other weights → a pretraining (projector-only) output: needs ``model_base``.
+- model weights (``*.safetensors`` / ``pytorch_model*.bin``) → a full checkpoint.
+
+The token reduction is, in order: the caller's override, the checkpoint's ``mm_token_reduction``, the
+table of known released checkpoints (:data:`KNOWN_REDUCTIONS`), else none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
+from llava.model.token_reduction import ReductionConfig
+
+logger = logging.getLogger(__name__)
+
+# Released checkpoints that do not record their reducer (the authors hard-coded it in the tower).
+KNOWN_REDUCTIONS: dict[str, dict[str, Any]] = {
+    "yuzhang/llava-prumerge-vicuna-7b-v1.5-lora": {"method": "prumerge", "variant": "reference"},
+    "yuzhang/llava-prumerge-vicuna-13b-v1.5-lora": {"method": "prumerge", "variant": "reference"},
+    "yuzhang/llava-prumerge-plus-vicuna-7b-v1.5-lora": {
+        "method": "prumerge_plus",
+        "variant": "reference",
+        "form": "adaptive",
+    },
+    "liuhaotian/llava-v1.5-7b": {"method": "none"},
+    "liuhaotian/llava-v1.5-13b": {"method": "none"},
+    "liuhaotian/llava-v1.5-7b-lora": {"method": "none"},
+    "liuhaotian/llava-v1.5-13b-lora": {"method": "none"},
+}
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A local folder for ``path``: the folder itself, or a Hub snapshot (from the cache when offline)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise ValueError(f"{path} is a file; pass the checkpoint folder that holds config.json.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(path, allow_patterns=["*.json", "*.bin", "*.safetensors", "*.model", "*.txt"])
+        )
+    except Exception as err:  # noqa: BLE001 - any Hub failure gets the same actionable message
+        raise OSError(
+            f"Could not find the checkpoint {path!r}: it is not a local folder and could not be fetched from the "
+            f"Hugging Face Hub ({type(err).__name__}: {err}). Download it first, or pass a local folder."
+        ) from err
+
+
+def checkpoint_kind(folder: Path) -> str:
+    """``lora``, ``projector`` or ``full``, decided by the files present."""
+    if (folder / "adapter_config.json").is_file():
+        return "lora"
+    weights = [p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.name != "mm_projector.bin"]
+    if weights:
+        return "full"
+    if (folder / "mm_projector.bin").is_file():
+        return "projector"
+    raise ValueError(
+        f"{folder} holds no model weights, no adapter_config.json and no mm_projector.bin: "
+        "it is not a LLaVA checkpoint folder."
+    )
+
+
+def load_llava_config(folder: Path) -> LlavaConfig:
+    """The ``LlavaConfig`` of a checkpoint, for ``model_type`` ``llava_llama`` and the 2023 ``llava``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: a LLaVA checkpoint folder needs its config.json.")
+    data = json.loads(path.read_text())
+    if "text_config" in data:
+        raise ValueError(
+            f"{folder} is in transformers' LlavaForConditionalGeneration (llava-hf) format; convert it with "
+            "`python -m llava.model.convert_llava_hf --from-hf ...` first."
+        )
+    if not data.get("mm_vision_tower") and data.get("model_type") not in ("llava", "llava_llama"):
+        raise ValueError(
+            f"{folder} is not a LLaVA checkpoint (model_type={data.get('model_type')!r}, no mm_vision_tower). "
+            "If it is a base LLM, pass it as --model-base with a LLaVA checkpoint as --model-path."
+        )
+    data.pop("model_type", None)
+    data.pop("transformers_version", None)
+    config = LlavaConfig.from_dict(data)
+    if config.mm_vision_tower:
+        config.mm_vision_tower = resolve_tower_path(config.mm_vision_tower, folder)
+    return config
+
+
+def resolve_reduction(
+    config: LlavaConfig, model_path: str, override: ReductionConfig | dict[str, Any] | str | None
+) -> ReductionConfig:
+    """The reduction to run: ``override``, else the checkpoint's, else a known checkpoint's, else none."""
+    if override is not None:
+        source, value = "the caller", override
+    elif getattr(config, "mm_token_reduction", None):
+        source, value = "the checkpoint's config", config.mm_token_reduction
+    elif model_path.rstrip("/") in KNOWN_REDUCTIONS:
+        source, value = "the table of released checkpoints", KNOWN_REDUCTIONS[model_path.rstrip("/")]
+    else:
+        source, value = "default", None
+    reduction = ReductionConfig.from_value(value)
+    logger.info("Token reduction %s (from %s)", reduction.describe(), source)
+    return reduction
+
+
+def _check_base(base: Path, config: LlavaConfig) -> None:
+    """Fails clearly when the base is not the plain LLM the LoRA/projector was trained on."""
+    data = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
+    if data.get("mm_vision_tower") or "text_config" in data:
+        raise ValueError(
+            f"--model-base {base} is a LLaVA checkpoint; the base must be the language model the LoRA or projector "
+            "was trained on (e.g. lmsys/vicuna-7b-v1.5 for the 7B PruMerge LoRA)."
+        )
+    for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        if field in data and data[field] != getattr(config, field):
+            raise ValueError(
+                f"--model-base {base} has {field}={data[field]} but the checkpoint expects "
+                f"{getattr(config, field)}: pass the base LLM it was trained on (7B vs 13B?)."
+            )
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_projector(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Loads ``mm_projector`` weights from keys such as ``[base_model.model.]model.mm_projector.0.weight``."""
+    projector = {}
+    for key, value in state.items():
+        name = key.removeprefix("base_model.model.").removeprefix("base_model.")
+        if ".mm_projector." in f".{name}":
+            projector[name.split("mm_projector.", 1)[1]] = value
+    if not projector:
+        raise ValueError(f"{source} holds no mm_projector weights (keys: {list(state)[:4]} ...).")
+    model.get_model().mm_projector.load_state_dict(projector, strict=True)
+
+
+def _from_pretrained(folder: Path, config: LlavaConfig, **kwargs: Any) -> LlavaLlamaForCausalLM:
+    """The language model (and projector, when present) from ``folder``, the CLIP weights from their own."""
+    model = LlavaLlamaForCausalLM.from_pretrained(folder, config=config, **kwargs)
+    model.get_vision_tower().load_model()
+    return model
+
+
+def _load_lora(folder: Path, base: Path, config: LlavaConfig, **kwargs: Any) -> LlavaLlamaForCausalLM:
+    from peft import PeftModel
+
+    model = _from_pretrained(base, config, **kwargs)
+    extra = next((folder / n for n in ("non_lora_trainables.bin", "non_lora_trainables.safetensors")
+                  if (folder / n).is_file()), None)  # fmt: skip
+    if extra is None:
+        raise FileNotFoundError(
+            f"{folder} has adapter_config.json but no non_lora_trainables.bin (the projector): "
+            "was it saved by an old trainer at an intermediate step? Use the final output folder."
+        )
+    _load_projector(model, _read_state(extra), extra)
+    logger.info("Merging the LoRA adapter from %s", folder)
+    return PeftModel.from_pretrained(model, folder).merge_and_unload()
+
+
+def _load_weights(kind: str, folder: Path, base: Path | None, config: LlavaConfig, **kwargs: Any):
+    if kind == "full":
+        return _from_pretrained(folder, config, **kwargs)
+    if base is None:
+        what = (
+            "a LoRA adapter (adapter_config.json)"
+            if kind == "lora"
+            else "a projector only (mm_projector.bin)"
+        )
+        raise ValueError(
+            f"{folder} is {what}: pass --model-base with the base LLM it was trained on, "
+            "e.g. --model-base lmsys/vicuna-7b-v1.5."
+        )
+    _check_base(base, config)
+    if kind == "lora":
+        return _load_lora(folder, base, config, **kwargs)
+    model = _from_pretrained(base, config, **kwargs)
+    _load_projector(model, _read_state(folder / "mm_projector.bin"), folder / "mm_projector.bin")
+    return model
+
+
+def _load_tokenizer(folder: Path, base: Path | None):
+    from transformers import AutoTokenizer
+
+    for source in (folder, base):
+        if source is not None and any((source / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+            return AutoTokenizer.from_pretrained(source)
+    raise FileNotFoundError(f"No tokenizer in {folder}" + (f" or {base}" if base else ""))
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None = None,
+    model_name: str | None = None,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map: str | dict | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    token_reduction: ReductionConfig | dict[str, Any] | str | None = None,
+    attn_implementation: str | None = None,
+    use_flash_attn: bool = False,
+):
+    """Loads a LLaVA-1.5 checkpoint of any kind (see the module docstring).
+
+    Args:
+        model_path: a local folder or Hub id.
+        model_base: the base LLM for LoRA and projector-only checkpoints.
+        model_name: accepted for upstream compatibility; not used to decide anything.
+        load_8bit, load_4bit: bitsandbytes quantisation of the language model (GPU only).
+        device_map, device: where to put the model (default: CUDA if available, else CPU).
+        dtype: default float16 on CUDA, float32 on CPU.
+        token_reduction: override the reduction recorded in the checkpoint.
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+        use_flash_attn: upstream's flag, the same as ``attn_implementation="flash_attention_2"``.
+
+    Returns:
+        ``(tokenizer, model, image_processor, context_len)`` as upstream LLaVA.
+    """
+    from llava.mm_utils import load_image_processor
+    from llava.model import register_auto_classes
+
+    register_auto_classes()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    folder = resolve_checkpoint(model_path)
+    base = resolve_checkpoint(model_base) if model_base else None
+    kind = checkpoint_kind(folder)
+    config = load_llava_config(folder)
+    reduction = resolve_reduction(config, model_path, token_reduction)
+    config.mm_token_reduction = reduction.to_dict()
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if use_flash_attn or attn_implementation:
+        kwargs["attn_implementation"] = "flash_attention_2" if use_flash_attn else attn_implementation
+    if load_8bit or load_4bit:
+        kwargs["quantization_config"] = _quantization_config(load_8bit)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = _load_weights(kind, folder, base, config, **kwargs)
+    tower = model.get_vision_tower()
+    if device_map is None:
+        model.to(device)
+    tower.to(device=model.device, dtype=dtype)
+    model.eval()
+    tokenizer = _load_tokenizer(folder, base)
+    context_len = getattr(config, "tokenizer_model_max_length", None) or getattr(
+        config, "max_sequence_length", 2048
+    )
+    return tokenizer, model, load_image_processor(tower.vision_tower_name), context_len
+
+
+def _quantization_config(load_8bit: bool):
+    from transformers import BitsAndBytesConfig
+
+    if load_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_compute_dtype=torch.float16,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_quant_type="nf4",
+    )

@@ -1,0 +1,186 @@
+"""``LlavaLlamaForCausalLM``: a Llama language model with a CLIP vision tower, a token reducer and a projector.
+
+The module layout matches upstream LLaVA-1.5 checkpoints (``model.embed_tokens``, ``model.layers``,
+``model.mm_projector``, ``lm_head``), so their weights load as they are. The vision tower's weights
+are not part of the checkpoint: they are loaded from ``mm_vision_tower``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, LlamaConfig, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
+
+from llava.model.llava_arch import MultimodalInputs, splice_visual_tokens
+from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.token_reduction import ReductionConfig
+
+VISION_TOWER_PREFIX = "model.vision_tower."
+
+
+class LlavaConfig(LlamaConfig):
+    """A ``LlamaConfig`` plus upstream LLaVA's ``mm_*`` fields and the recorded ``mm_token_reduction``.
+
+    Upstream fields: ``mm_vision_tower``, ``mm_hidden_size``, ``mm_vision_select_layer`` (−2),
+    ``mm_vision_select_feature`` (``patch``), ``mm_projector_type`` (``mlp2x_gelu``),
+    ``mm_use_im_start_end``, ``mm_use_im_patch_token``, ``image_aspect_ratio`` (``pad``),
+    ``mm_patch_merge_type``, ``tokenizer_model_max_length``, ``tokenizer_padding_side``, ``use_mm_proj``,
+    ``tune_mm_mlp_adapter``, ``mm_projector_lr``. ``mm_token_reduction`` is a dict (see
+    :class:`llava.model.token_reduction.ReductionConfig`); absent means no reduction.
+    """
+
+    model_type = "llava_llama"
+
+
+class LlavaLlamaModel(LlamaModel):
+    """The Llama decoder plus ``vision_tower`` and ``mm_projector`` when the config names a tower."""
+
+    config_class = LlavaConfig
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__(config)
+        if getattr(config, "mm_vision_tower", None):
+            self.vision_tower = build_vision_tower(config, load_weights=False)
+            self.mm_projector = build_vision_projector(config)
+
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return getattr(self, "vision_tower", None)
+
+
+class LlavaLlamaForCausalLM(LlamaForCausalLM):
+    """LLaVA-1.5: images are encoded, reduced, projected and spliced at their placeholders.
+
+    ``forward`` and ``generate`` take ``images`` ``[I, 3, H, W]``, one per ``IMAGE_TOKEN_INDEX`` in
+    ``input_ids`` (row-major order over the batch). Each image contributes the number of tokens its
+    reducer kept.
+    """
+
+    config_class = LlavaConfig
+    _keys_to_ignore_on_load_missing = [r"model\.vision_tower\."]
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq", r"model\.vision_tower\."]
+
+    def __init__(self, config: LlavaConfig) -> None:
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = LlavaLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_model(self) -> LlavaLlamaModel:
+        return self.model
+
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return self.model.get_vision_tower()
+
+    def set_token_reduction(
+        self, reduction: ReductionConfig | dict[str, Any] | str | None
+    ) -> ReductionConfig:
+        """Switches the reducer and records it in ``config.mm_token_reduction``."""
+        reduction = ReductionConfig.from_value(reduction)
+        self._require_tower().set_reduction(reduction)
+        self.config.mm_token_reduction = reduction.to_dict()
+        return reduction
+
+    def _require_tower(self) -> CLIPVisionTower:
+        tower = self.get_vision_tower()
+        if tower is None:
+            raise ValueError("This model has no vision tower (its config sets no mm_vision_tower).")
+        return tower
+
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected visual tokens ``[I, M, H]`` (zero after each length) and lengths ``[I]``."""
+        out = self._require_tower()(images)
+        projector = self.model.mm_projector
+        dtype = next(projector.parameters(), out.tokens).dtype
+        tokens = projector(out.tokens.to(dtype))  # [I, M, H]
+        valid = torch.arange(tokens.shape[1], device=tokens.device)[None] < out.lengths[:, None]
+        return tokens * valid[..., None].to(tokens.dtype), out.lengths
+
+    def prepare_multimodal_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        padding_side: str | None = None,
+    ) -> MultimodalInputs:
+        """Encodes ``images`` and splices them into ``input_ids`` (see :func:`splice_visual_tokens`)."""
+        tokens, lengths = self.encode_images(images) if len(images) else self._no_images(input_ids)
+        return splice_visual_tokens(
+            input_ids,
+            attention_mask,
+            labels,
+            tokens,
+            lengths,
+            self.get_input_embeddings(),
+            max_length=getattr(self.config, "tokenizer_model_max_length", None),
+            padding_side=padding_side or getattr(self.config, "tokenizer_padding_side", "right"),
+        )
+
+    def _no_images(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        empty = torch.zeros(0, 0, self.config.hidden_size, device=input_ids.device)
+        return empty, torch.zeros(0, dtype=torch.long, device=input_ids.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        images: torch.Tensor | None = None,
+        image_sizes: Any = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Llama's forward, after splicing ``images`` into ``input_ids`` when both are given."""
+        if images is not None and inputs_embeds is None:
+            spliced = self.prepare_multimodal_inputs(input_ids, attention_mask, images, labels)
+            input_ids, inputs_embeds = None, spliced.inputs_embeds
+            attention_mask, position_ids, labels = (
+                spliced.attention_mask,
+                spliced.position_ids,
+                spliced.labels,
+            )
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        image_sizes: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Generation with images spliced once, left-padded. Returns only the new tokens ``[B, T_new]``.
+
+        ``attention_mask`` marks padding in ``inputs`` (either side); without images this is plain
+        Llama generation (which returns prompt + new tokens, as transformers does).
+        """
+        if images is None:
+            return GenerationMixin.generate(self, inputs, attention_mask=attention_mask, **kwargs)
+        spliced = self.prepare_multimodal_inputs(inputs, attention_mask, images, padding_side="left")
+        return GenerationMixin.generate(
+            self, inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
+        )
+
+    def save_pretrained(self, save_directory: Any, state_dict: dict | None = None, **kwargs: Any) -> None:
+        """Saves like transformers does, without the vision tower (it loads from ``mm_vision_tower``)."""
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(VISION_TOWER_PREFIX)}
+        super().save_pretrained(save_directory, state_dict=state_dict, **kwargs)

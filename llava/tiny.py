@@ -1,0 +1,174 @@
+"""Tiny LLaVA checkpoints built locally: a small CLIP tower at 336/14, a small Llama and a trained tokenizer.
+
+They run the same code paths as LLaVA-1.5-7B (only sizes differ), with random weights. Tests,
+benchmarks and the quickstart build them; ``python -m llava.tiny --out DIR`` writes one to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+DEFAULT_CORPUS = [
+    "What is in the image? Describe it in detail.",
+    "How many objects are there? Answer the question using a single word or phrase.",
+    "Is there a red circle in the image? yes no",
+    "Answer with the option's letter from the given choices directly. A B C D",
+    "The image shows a blue square next to a green triangle on a white background.",
+]
+
+
+def tiny_clip_config(
+    hidden_size: int = 32,
+    num_layers: int = 24,
+    num_heads: int = 4,
+    image_size: int = 336,
+    patch_size: int = 14,
+) -> CLIPVisionConfig:
+    """A ``CLIPVisionConfig`` with LLaVA-1.5's geometry (336 px, patch 14, 24 layers) and a small width."""
+    return CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act="quick_gelu",
+        projection_dim=hidden_size,
+    )
+
+
+def save_image_processor(out_dir: str | Path, image_size: int = 336) -> None:
+    """Writes a CLIP-336-style ``preprocessor_config.json`` (bicubic resize, centre crop, OpenAI mean/std)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
+        resample=3,
+        do_center_crop=True,
+    )
+    processor.save_pretrained(out_dir)
+
+
+def save_tiny_clip(out_dir: str | Path, seed: int = 0, qk_scale: float = 8.0, **config: Any) -> Path:
+    """Saves a seeded random ``CLIPVisionModel`` plus its image processor to ``out_dir``.
+
+    ``q_proj``/``k_proj`` weights are scaled by ``qk_scale`` so the class attention is peaky, as in a
+    trained CLIP, and PruMerge finds a few outliers rather than none.
+    """
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    model = CLIPVisionModel(tiny_clip_config(**config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(qk_scale)
+    model.save_pretrained(out_dir)
+    save_image_processor(out_dir, model.config.image_size)
+    return out_dir
+
+
+def build_tiny_llava(
+    out_dir: str | Path,
+    clip_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    corpus: Iterable[str] = DEFAULT_CORPUS,
+    reduction: dict[str, Any] | str | None = None,
+    projector_type: str = "mlp2x_gelu",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+):
+    """Builds and saves a full tiny LLaVA checkpoint; returns ``(model, tokenizer)``.
+
+    Args:
+        out_dir: the checkpoint folder to write.
+        clip_dir: an existing CLIP folder; default: a new tiny one in ``out_dir/vision_tower``.
+        tokenizer_dir: an existing tokenizer folder; default: one trained on ``corpus``.
+        reduction: the ``mm_token_reduction`` to record.
+    """
+    from llava.model import LlavaConfig, LlavaLlamaForCausalLM, ReductionConfig
+    from llava.tokenizer_train import train_sentencepiece_tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if clip_dir is None:
+        clip_dir = save_tiny_clip(out_dir / "vision_tower", seed=seed)
+    if tokenizer_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = train_sentencepiece_tokenizer(corpus, tmp)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    clip_config = CLIPVisionConfig.from_pretrained(clip_dir)
+    config = LlavaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **llava_mm_fields(str(clip_dir), clip_config.hidden_size, projector_type),
+        mm_token_reduction=ReductionConfig.from_value(reduction).to_dict(),
+    )
+    torch.manual_seed(seed)
+    model = LlavaLlamaForCausalLM(config)
+    model.get_vision_tower().load_model()
+    if Path(clip_dir).resolve().parent == out_dir.resolve():
+        model.config.mm_vision_tower = Path(clip_dir).name  # relative: the checkpoint folder can move
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model.eval(), tokenizer
+
+
+def llava_mm_fields(
+    vision_tower: str, mm_hidden_size: int, projector_type: str = "mlp2x_gelu"
+) -> dict[str, Any]:
+    """The upstream ``mm_*`` config fields of a LLaVA-1.5 checkpoint."""
+    return {
+        "mm_vision_tower": vision_tower,
+        "mm_hidden_size": mm_hidden_size,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_projector_type": projector_type,
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "image_aspect_ratio": "pad",
+        "mm_patch_merge_type": "flat",
+        "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right",
+        "use_mm_proj": True,
+        "tune_mm_mlp_adapter": False,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a tiny random LLaVA-1.5 checkpoint (CPU, seconds).")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write")
+    parser.add_argument("--token-reduction", default="none", help="mm_token_reduction method to record")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    build_tiny_llava(args.out, reduction=args.token_reduction, seed=args.seed)
+    print(f"Wrote a tiny LLaVA checkpoint to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""load_pretrained_model: the three checkpoint kinds, legacy configs, reductions and clear errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from llava.conversation import get_conv_template
+from llava.mm_utils import tokenizer_image_token
+from llava.model import LlavaLlamaForCausalLM
+from llava.model.builder import (
+    KNOWN_REDUCTIONS,
+    checkpoint_kind,
+    load_llava_config,
+    load_pretrained_model,
+    resolve_reduction,
+)
+
+
+def logits_of(tokenizer, model, seed=0):
+    conv = get_conv_template("vicuna_v1")
+    conv.append_message(conv.roles[0], "<image>\nWhat is this?")
+    conv.append_message(conv.roles[1], None)
+    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+    pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(input_ids=ids, images=pixels).logits
+
+
+@pytest.fixture(scope="module")
+def base_llm(tiny_llava_dir, tmp_path_factory):
+    """A plain Llama checkpoint (the 'vicuna' of the tiny model), with its tokenizer."""
+    config = load_llava_config(tiny_llava_dir)
+    fields = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "pad_token_id", "bos_token_id", "eos_token_id"]  # fmt: skip
+    torch.manual_seed(5)
+    llm = LlamaForCausalLM(LlamaConfig(**{f: getattr(config, f) for f in fields}))
+    out = tmp_path_factory.mktemp("base_llm")
+    llm.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llava_dir / name, out / name)
+    return out
+
+
+def llava_on_base(base_llm, tiny_llava_dir):
+    config = load_llava_config(tiny_llava_dir)
+    model = LlavaLlamaForCausalLM.from_pretrained(base_llm, config=config)
+    model.get_vision_tower().load_model()
+    torch.manual_seed(7)
+    for p in model.get_model().mm_projector.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval(), config
+
+
+def test_full_checkpoint_round_trip(tiny_llava, tiny_llava_dir):
+    tokenizer, model = tiny_llava
+    assert checkpoint_kind(tiny_llava_dir) == "full"
+    again = load_pretrained_model(str(tiny_llava_dir), device="cpu")[1]
+    torch.testing.assert_close(logits_of(tokenizer, model), logits_of(tokenizer, again))
+
+
+def test_lora_checkpoint_with_base(base_llm, tiny_llava_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, config = llava_on_base(base_llm, tiny_llava_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
+                      init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    peft_model = get_peft_model(model, lora).eval()
+    tokenizer = load_pretrained_model(str(tiny_llava_dir), device="cpu")[0]
+    expected = logits_of(tokenizer, peft_model)
+    peft_model.save_pretrained(tmp_path)  # adapter_config.json + adapter weights
+    projector = {k: v for k, v in peft_model.state_dict().items() if "mm_projector" in k}
+    assert all(k.startswith("base_model.model.model.mm_projector.") for k in projector)
+    torch.save(projector, tmp_path / "non_lora_trainables.bin")
+    config.mm_vision_tower = str(tiny_llava_dir / "vision_tower")
+    config.save_pretrained(tmp_path)
+    assert checkpoint_kind(tmp_path) == "lora"
+
+    tokenizer2, loaded, processor, context = load_pretrained_model(str(tmp_path), str(base_llm), device="cpu")
+    assert type(loaded) is LlavaLlamaForCausalLM and not any(
+        "lora" in n for n, _ in loaded.named_parameters()
+    )
+    torch.testing.assert_close(logits_of(tokenizer2, loaded), expected, rtol=1e-4, atol=1e-4)
+    assert context == 2048 and processor.crop_size["height"] == 336
+
+    with pytest.raises(ValueError, match="--model-base"):
+        load_pretrained_model(str(tmp_path), device="cpu")
+    with pytest.raises(ValueError, match="base must be the language model"):
+        load_pretrained_model(str(tmp_path), str(tiny_llava_dir), device="cpu")
+    (tmp_path / "non_lora_trainables.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="non_lora_trainables.bin"):
+        load_pretrained_model(str(tmp_path), str(base_llm), device="cpu")
+
+
+def test_projector_only_checkpoint_with_base(base_llm, tiny_llava_dir, tmp_path):
+    model, config = llava_on_base(base_llm, tiny_llava_dir)
+    state = {f"model.mm_projector.{k}": v for k, v in model.get_model().mm_projector.state_dict().items()}
+    torch.save(state, tmp_path / "mm_projector.bin")
+    config.save_pretrained(tmp_path)
+    assert checkpoint_kind(tmp_path) == "projector"
+    tokenizer, loaded, _, _ = load_pretrained_model(str(tmp_path), str(base_llm), device="cpu")
+    torch.testing.assert_close(logits_of(tokenizer, loaded), logits_of(tokenizer, model))
+    with pytest.raises(ValueError, match="projector only.*--model-base"):
+        load_pretrained_model(str(tmp_path), device="cpu")
+
+
+def test_legacy_model_type_llava_and_reduction_sources(tiny_llava_dir, tmp_path):
+    folder = tmp_path / "llava-v1.5-legacy"
+    shutil.copytree(tiny_llava_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "llava"  # the 2023 uploads; collides with transformers' own llava
+    del config["mm_token_reduction"]  # released checkpoints record no reducer
+    (folder / "config.json").write_text(json.dumps(config))
+    _, model, _, _ = load_pretrained_model(str(folder), device="cpu")
+    assert model.config.mm_token_reduction["method"] == "none"
+    _, model, _, _ = load_pretrained_model(str(folder), device="cpu", token_reduction="prumerge_plus")
+    assert model.get_vision_tower().reduction.method == "prumerge_plus"
+    assert model.config.mm_token_reduction["method"] == "prumerge_plus"
+
+    cfg = load_llava_config(folder)
+    for repo, expected in KNOWN_REDUCTIONS.items():
+        assert resolve_reduction(cfg, repo, None).method == expected["method"]
+    assert (
+        resolve_reduction(cfg, "yuzhang/llava-prumerge-plus-vicuna-7b-v1.5-lora", None).method
+        == "prumerge_plus"
+    )
+
+
+def test_clear_errors(tiny_llava_dir, tmp_path, base_llm):
+    with pytest.raises(ValueError, match="no model weights"):
+        checkpoint_kind(tmp_path)
+    with pytest.raises(ValueError, match="not a LLaVA checkpoint"):
+        load_pretrained_model(str(base_llm), device="cpu")
+    hf_style = tmp_path / "hf"
+    hf_style.mkdir()
+    (hf_style / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {}}))
+    (hf_style / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="convert_llava_hf"):
+        load_pretrained_model(str(hf_style), device="cpu")
+    with pytest.raises(ValueError, match="valid methods are"):
+        load_pretrained_model(str(tiny_llava_dir), device="cpu", token_reduction="prumerg")
