@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,52 @@ def test_clear_errors(tiny_llava_dir, tmp_path, base_llm):
         load_pretrained_model(str(hf_style), device="cpu")
     with pytest.raises(ValueError, match="valid methods are"):
         load_pretrained_model(str(tiny_llava_dir), device="cpu", token_reduction="prumerg")
+
+
+def test_merge_and_extract_scripts(base_llm, tiny_llava_dir, tmp_path):
+    import importlib.util
+
+    from peft import LoraConfig, get_peft_model
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).parents[1] / "scripts" / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    model, config = llava_on_base(base_llm, tiny_llava_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], exclude_modules=r".*vision_tower.*",
+                      init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    peft_model = get_peft_model(model, lora).eval()
+    lora_dir, merged_dir = tmp_path / "lora", tmp_path / "merged"
+    peft_model.save_pretrained(lora_dir)
+    torch.save(
+        {k: v for k, v in peft_model.state_dict().items() if "mm_projector" in k},
+        lora_dir / "non_lora_trainables.bin",
+    )
+    config.mm_vision_tower = str(tiny_llava_dir / "vision_tower")
+    config.save_pretrained(lora_dir)
+    tokenizer = load_pretrained_model(str(tiny_llava_dir), device="cpu")[0]
+    expected = logits_of(tokenizer, peft_model)
+
+    script("merge_lora_weights").main(["--model-path", str(lora_dir), "--model-base", str(base_llm),
+                                       "--save-model-path", str(merged_dir)])  # fmt: skip
+    assert checkpoint_kind(merged_dir) == "full"
+    tokenizer, merged, _, _ = load_pretrained_model(str(merged_dir), device="cpu")
+    torch.testing.assert_close(logits_of(tokenizer, merged), expected, rtol=1e-4, atol=1e-4)
+
+    projector_dir = tmp_path / "projector"
+    projector_dir.mkdir()
+    script("extract_mm_projector").main(
+        ["--model-path", str(merged_dir), "--output", str(projector_dir / "mm_projector.bin")]
+    )
+    assert sorted(torch.load(projector_dir / "mm_projector.bin")) == [
+        "model.mm_projector.0.bias", "model.mm_projector.0.weight", "model.mm_projector.2.bias", "model.mm_projector.2.weight"
+    ]  # fmt: skip
+    config.save_pretrained(projector_dir)
+    _, projected, _, _ = load_pretrained_model(str(projector_dir), str(base_llm), device="cpu")
+    torch.testing.assert_close(
+        projected.get_model().mm_projector.state_dict(), merged.get_model().mm_projector.state_dict()
+    )
