@@ -1,0 +1,314 @@
+"""Chat with a LLaVA-1.5 checkpoint about one image, in the terminal (upstream's ``llava.serve.cli``).
+
+Interactive (no ``--query``): type a message after ``USER:``; the image goes with the first message and
+every answer stays in the conversation, so later questions can refer to earlier ones. An empty line,
+``exit`` or end of input (Ctrl-D) ends the chat::
+
+    python -m llava.serve.cli --model-path liuhaotian/llava-v1.5-7b --image-file view.jpg
+
+One question, answer printed, exit 0::
+
+    python -m llava.serve.cli --model-path CKPT --image-file view.jpg --query "What is in the image?"
+
+Before the first answer one line reports how many visual tokens the image kept, e.g.
+``[llava] image: 3 x 336 x 336 -> 40 visual tokens (prumerge/reference)``. The token reduction is the
+checkpoint's own unless a ``--token-reduction`` / ``--reduction-*`` flag changes part of it.
+
+User mistakes (a missing image, an unknown reducer, a LoRA folder without ``--model-base`` ...) print
+``error: ...`` to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import Conversation, conv_mode_for_model, conv_templates, get_conv_template
+from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+from llava.model.token_reduction.config import PLUS_FORMS, VARIANTS, ReductionConfig
+from llava.model.token_reduction.registry import get_reducer
+
+EXIT_WORDS = ("exit", "quit")
+USAGE_ERROR = 2
+
+
+class ConversationTooLong(ValueError):
+    """The prompt no longer leaves room for an answer within the model's context length."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (upstream's plus the token-reduction overrides)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llava.serve.cli",
+        description="Chat with a LLaVA-1.5 (+ PruMerge) checkpoint about one image.",
+    )
+    parser.add_argument("--model-path", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument(
+        "--model-base", default=None, help="base LLM, for LoRA and projector-only checkpoints"
+    )
+    parser.add_argument("--image-file", required=True, help="image file or http(s) URL")
+    parser.add_argument("--query", default=None, help="ask this one question, print the answer and exit")
+    parser.add_argument(
+        "--conv-mode",
+        default=None,
+        choices=sorted(conv_templates),
+        help="conversation template (default: chosen from the model name, as upstream)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    group = parser.add_argument_group("token reduction (overrides the checkpoint's mm_token_reduction)")
+    group.add_argument("--token-reduction", default=None, metavar="METHOD", help="e.g. none, prumerge")
+    group.add_argument("--reduction-variant", default=None, choices=VARIANTS)
+    group.add_argument("--reduction-form", default=None, choices=PLUS_FORMS, help="PruMerge+ only")
+    group.add_argument(
+        "--reduction-budget",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fixed number of visual tokens per image; 0 = none (each method's adaptive count)",
+    )
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> str:
+    """Fails on option values that are wrong whatever the checkpoint; returns the device to use.
+
+    Runs before the model is loaded, so these mistakes cost no loading time.
+    """
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.reduction_budget is not None and args.reduction_budget < 0:
+        raise ValueError(f"--reduction-budget must be >= 0 (0 = no budget), got {args.reduction_budget}.")
+    if args.token_reduction is not None:
+        get_reducer(args.token_reduction)  # an unknown name raises, listing the valid ones
+    if args.device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r} is not a device name (use cpu, cuda or cuda:N).") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
+    return args.device
+
+
+def reduction_from_args(recorded: ReductionConfig, args: argparse.Namespace) -> ReductionConfig | None:
+    """The checkpoint's reduction updated by the ``--token-reduction`` / ``--reduction-*`` flags.
+
+    Returns None when no such flag was given. Switching method drops the recorded ``grid`` (a
+    ``spatial`` option); switching to ``none`` also drops the recorded budget, which ``none`` refuses.
+    """
+    flags = {
+        "method": args.token_reduction,
+        "variant": args.reduction_variant,
+        "form": args.reduction_form,
+        "budget": args.reduction_budget,
+    }
+    if all(value is None for value in flags.values()):
+        return None
+    values = recorded.to_dict()
+    if args.token_reduction not in (None, recorded.method):
+        values["grid"] = None
+        if args.token_reduction == "none":
+            values["budget"] = None
+    values.update({key: value for key, value in flags.items() if value is not None})
+    if args.reduction_budget == 0:
+        values["budget"] = None
+    return ReductionConfig.from_value(values)
+
+
+def generation_kwargs(temperature: float, max_new_tokens: int, tokenizer: Any) -> dict[str, Any]:
+    """Arguments for ``generate``: greedy at temperature 0, sampling otherwise; stops at EOS."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": temperature > 0,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": pad,
+        "use_cache": True,
+    }
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+    return kwargs
+
+
+def describe_image(pixels: torch.Tensor, num_tokens: int, reduction: ReductionConfig) -> str:
+    """The one-line report, e.g. ``[llava] image: 3 x 336 x 336 -> 40 visual tokens (prumerge/reference)``."""
+    shape = " x ".join(str(size) for size in pixels.shape[1:])
+    return f"[llava] image: {shape} -> {num_tokens} visual tokens ({reduction.describe()})"
+
+
+@dataclass
+class ChatSession:
+    """A loaded model, one preprocessed image and the conversation so far."""
+
+    tokenizer: Any
+    model: Any
+    pixels: torch.Tensor  # [1, 3, H, W], on the model's device and in its dtype
+    conv: Conversation
+    reduction: ReductionConfig
+    context_len: int
+    temperature: float = 0.2
+    max_new_tokens: int = 512
+    reported: bool = False
+
+    def ask(self, text: str, streamer: Any = None) -> str:
+        """Adds ``text`` as the user's turn, generates the answer, records it and returns it (stripped).
+
+        The image goes with the first message. Prints the visual-token line before the first answer.
+        """
+        first = not self.conv.messages
+        self.conv.append_message(self.conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{text}" if first else text)
+        self.conv.append_message(self.conv.roles[1], None)
+        try:
+            inputs, max_new_tokens = self._spliced_prompt()
+        except ConversationTooLong:
+            del self.conv.messages[-2:]
+            raise
+        if not self.reported:
+            print(describe_image(self.pixels, int(inputs.num_visual_tokens[0]), self.reduction), flush=True)
+            self.reported = True
+        kwargs = generation_kwargs(self.temperature, max_new_tokens, self.tokenizer)
+        new_tokens = self.model.generate(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            streamer=streamer,
+            **kwargs,
+        )
+        answer = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
+        self.conv.messages[-1][1] = answer
+        return answer
+
+    def _spliced_prompt(self) -> tuple[Any, int]:
+        """The conversation's prompt with the image spliced in, and the new tokens it leaves room for."""
+        prompt = self.conv.get_prompt()
+        input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")[None]
+        input_ids = input_ids.to(self.model.device)
+        with torch.no_grad():
+            inputs = self.model.prepare_multimodal_inputs(
+                input_ids, torch.ones_like(input_ids), self.pixels, padding_side="left"
+            )
+        room = self.context_len - inputs.inputs_embeds.shape[1]
+        if bool(inputs.truncated.any()) or room < 1:
+            raise ConversationTooLong(
+                f"The conversation no longer fits in the model's context of {self.context_len} tokens "
+                "(visual tokens included); start a new chat."
+            )
+        return inputs, min(self.max_new_tokens, room)
+
+
+def open_session(args: argparse.Namespace) -> ChatSession:
+    """Checks the options, reads the image, loads the model (and reduction) and starts a conversation.
+
+    Raises:
+        ValueError, OSError: user mistakes (bad option, missing image or checkpoint, LoRA without base).
+    """
+    from llava.model.builder import load_pretrained_model
+
+    device = check_args(args)
+    conv = get_conv_template(args.conv_mode or conv_mode_for_model(get_model_name_from_path(args.model_path)))
+    image = load_image(args.image_file)  # before the (slow) model load, so a typo fails at once
+    tokenizer, model, image_processor, context_len = load_pretrained_model(
+        args.model_path, args.model_base, device=device
+    )
+    recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
+    override = reduction_from_args(recorded, args)
+    reduction = model.set_token_reduction(override) if override is not None else recorded
+    pixels = process_images([image], image_processor, getattr(model.config, "image_aspect_ratio", "pad"))
+    return ChatSession(
+        tokenizer=tokenizer,
+        model=model,
+        pixels=pixels.to(device=model.device, dtype=model.dtype),
+        conv=conv,
+        reduction=reduction,
+        context_len=int(context_len),
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+    )
+
+
+def read_message(prompt: str) -> str | None:
+    """One user message from stdin, or None at end of input, on an empty line or ``exit``/``quit``.
+
+    Input that does not come from a terminal is echoed, so a piped transcript reads like a chat.
+    """
+    try:
+        text = input(prompt)
+    except EOFError:
+        print()
+        return None
+    if not sys.stdin.isatty():
+        print(text)
+    text = text.strip()
+    return None if not text or text.lower() in EXIT_WORDS else text
+
+
+class AnswerStreamer:
+    """Prints each answer as it is generated, after an ``ASSISTANT: `` prefix.
+
+    The prefix is printed when generation starts, so on the first turn it follows the visual-token line.
+    """
+
+    def __init__(self, tokenizer: Any, prefix: str) -> None:
+        from transformers import TextStreamer
+
+        self.text = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.prefix = prefix
+        self.started = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.started:
+            print(self.prefix, end="", flush=True)
+            self.started = True
+        self.text.put(value)
+
+    def end(self) -> None:
+        self.text.end()
+        self.started = False
+
+
+def chat(session: ChatSession) -> int:
+    """The interactive loop: ``USER:`` prompts and streamed ``ASSISTANT:`` answers until the user stops."""
+    user, assistant = session.conv.roles
+    streamer = AnswerStreamer(session.tokenizer, f"{assistant}: ")
+    while (text := read_message(f"{user}: ")) is not None:
+        session.ask(text, streamer=streamer)
+    print("exit...")
+    return 0
+
+
+def fail(err: Exception) -> int:
+    """Reports a user mistake on stderr (no traceback); returns the exit status 2."""
+    print(f"error: {err}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        session = open_session(args)
+    except (OSError, ValueError) as err:
+        return fail(err)
+    try:
+        if args.query is None:
+            return chat(session)
+        print(session.ask(args.query))
+        return 0
+    except ConversationTooLong as err:
+        return fail(err)
+    except KeyboardInterrupt:
+        print()
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
