@@ -286,3 +286,12 @@ def test_config_round_trip():
     assert cfg.to_dict()["grid"] == [5, 8]
     assert ReductionConfig.from_value("prumerge_plus").method == "prumerge_plus"
     assert ReductionConfig.from_value(None).method == "none"
+
+
+def test_config_replace_drops_options_of_the_old_method():
+    spatial = ReductionConfig("spatial", grid=(5, 8))
+    assert spatial.replace(method="prumerge").grid is None
+    budgeted = ReductionConfig("prumerge", budget=64)
+    assert budgeted.replace(method="prumerge_plus").budget == 64
+    assert budgeted.replace(method="none").budget is None
+    assert budgeted.replace(variant="paper") == ReductionConfig("prumerge", variant="paper", budget=64)

@@ -104,7 +104,8 @@ def reduction_from_args(recorded: ReductionConfig, args: argparse.Namespace) -> 
     """The checkpoint's reduction updated by the ``--token-reduction`` / ``--reduction-*`` flags.
 
     Returns None when no such flag was given. Switching method drops the recorded ``grid`` (a
-    ``spatial`` option); switching to ``none`` also drops the recorded budget, which ``none`` refuses.
+    ``spatial`` option); switching to ``none`` also drops the recorded budget (see
+    :meth:`ReductionConfig.replace`); ``--reduction-budget 0`` clears it.
     """
     flags = {
         "method": args.token_reduction,
@@ -114,15 +115,10 @@ def reduction_from_args(recorded: ReductionConfig, args: argparse.Namespace) -> 
     }
     if all(value is None for value in flags.values()):
         return None
-    values = recorded.to_dict()
-    if args.token_reduction not in (None, recorded.method):
-        values["grid"] = None
-        if args.token_reduction == "none":
-            values["budget"] = None
-    values.update({key: value for key, value in flags.items() if value is not None})
-    if args.reduction_budget == 0:
-        values["budget"] = None
-    return ReductionConfig.from_value(values)
+    reduction = recorded.replace(**{key: value for key, value in flags.items() if key != "budget"})
+    if args.reduction_budget is None:
+        return reduction
+    return ReductionConfig.from_value({**reduction.to_dict(), "budget": args.reduction_budget or None})
 
 
 def generation_kwargs(temperature: float, max_new_tokens: int, tokenizer: Any) -> dict[str, Any]:

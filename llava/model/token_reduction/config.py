@@ -84,8 +84,17 @@ class ReductionConfig:
         return cls(**value)
 
     def replace(self, **changes: Any) -> ReductionConfig:
-        """A copy with some fields changed (``None`` values are ignored)."""
+        """A copy with some fields changed (``None`` values are ignored).
+
+        Changing the method drops the old method's ``grid``, and switching to ``none`` drops the budget,
+        unless they are given again.
+        """
         values = self.to_dict()
+        method = changes.get("method")
+        if method is not None and method != self.method:
+            values["grid"] = None
+            if method == "none":
+                values["budget"] = None
         values.update({k: v for k, v in changes.items() if v is not None})
         return ReductionConfig.from_value(values)
 
