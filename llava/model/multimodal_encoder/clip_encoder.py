@@ -107,8 +107,15 @@ class CLIPVisionTower(nn.Module):
 
     def load_model(self, path: str | None = None) -> None:
         """Loads the pretrained CLIP weights from ``path`` (default: the tower's own name)."""
+        from transformers.utils import logging as hf_logging
+
         source = path or self.vision_tower_name
-        pretrained = CLIPVisionModel.from_pretrained(source, dtype=torch.float32)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a full CLIP checkpoint's text weights are expected to be unused
+        try:
+            pretrained = CLIPVisionModel.from_pretrained(source, dtype=torch.float32)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         missing, unexpected = self.vision_tower.load_state_dict(pretrained.state_dict(), strict=False)
         if missing:
             raise ValueError(f"The CLIP checkpoint at {source!r} lacks weights: {missing[:5]} ...")
