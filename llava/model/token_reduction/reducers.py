@@ -178,10 +178,15 @@ def _spread_over_rest(kept: torch.Tensor, n_kept: int, count: int) -> torch.Tens
     return rest & chosen[rest_rank.clamp(min=0)]
 
 
+def _budget_centres(config: ReductionConfig) -> int:
+    """Centres under a budget: the reference variant's extra token takes one of the budget's tokens."""
+    return max(config.budget - (1 if config.variant == "reference" else 0), 1)
+
+
 def _plus_fixed_count(config: ReductionConfig, n: int) -> int | None:
     """PruMerge+'s kept-by-attention count when it does not depend on the image, else None."""
     if config.budget is not None:
-        centres = max(config.budget - (1 if config.variant == "reference" else 0), 1)
+        centres = _budget_centres(config)
         share = 0.25 if config.variant == "reference" else 0.5
         return min(max(round(centres * share), 1), centres, n)
     if config.form == "fixed":
@@ -195,8 +200,7 @@ def _plus_samples(inputs: ReducerInputs, config: ReductionConfig, kept: torch.Te
     index = _patch_index(inputs)
     fixed = _plus_fixed_count(config, n)
     if config.budget is not None:
-        centres = max(config.budget - (1 if config.variant == "reference" else 0), 1)
-        return _spread_over_rest(kept, fixed, centres - fixed)
+        return _spread_over_rest(kept, fixed, _budget_centres(config) - fixed)
     if config.variant == "paper":
         return _lattice(n_kept, inputs.grid)
     if config.form == "fixed":
