@@ -45,6 +45,11 @@ class LlavaLlamaModel(LlamaModel):
 
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__(config)
+        if getattr(config, "mm_use_im_start_end", False) or getattr(config, "mm_use_im_patch_token", False):
+            raise ValueError(
+                "mm_use_im_start_end / mm_use_im_patch_token (LLaVA v0/v1 image tokens) are not supported; "
+                "LLaVA-1.5 checkpoints set both to false."
+            )
         if getattr(config, "mm_vision_tower", None):
             self.vision_tower = build_vision_tower(config, load_weights=False)
             self.mm_projector = build_vision_projector(config)
