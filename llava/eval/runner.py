@@ -1,0 +1,524 @@
+"""Shared machinery of the generation runners (``model_vqa_loader``, ``model_vqa_science``, ``model_vqa_mmbench``).
+
+Each runner turns its question file into a list of :class:`Question` and hands it to
+:func:`run_questions`, which
+
+- keeps this process's shard (``--num-chunks`` / ``--chunk-idx``: shard k is the k-th contiguous slice of
+  size ``ceil(N / chunks)``, as upstream's ``get_chunk``);
+- resumes: the question ids already in ``--answers-file`` are skipped, a truncated last line left by a
+  killed run is dropped and rewritten, answers for questions that are not in this shard stop the run
+  before the file is touched;
+- checks that every image file still to be read exists, before the model is loaded;
+- generates in batches of ``--batch-size`` with left padding (greedy at ``--temperature 0``) and appends
+  one JSON line per question, flushed after every batch.
+
+Question ids need not be unique (MME asks two questions per image under one id): the answers file is
+matched against the questions as a multiset, occurrence by occurrence, in question order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import conv_templates, get_conv_template
+from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+from llava.model.token_reduction.config import PLUS_FORMS, VARIANTS, ReductionConfig
+
+USAGE_ERROR = 2
+OPTION_SUFFIX = {
+    "en": "Answer with the option's letter from the given choices directly.",
+    "cn": "请直接回答选项字母。",
+}
+
+T = TypeVar("T")
+
+
+class ImageSource(Protocol):
+    """Where a question's image comes from."""
+
+    def exists(self) -> bool:
+        """False when the image can be known missing without decoding it."""
+
+    def load(self) -> Any:
+        """The decoded image (a PIL image)."""
+
+    def describe(self) -> str:
+        """A short name for error messages (the file path)."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file on disk (the question's ``image`` joined to ``--image-folder``)."""
+
+    path: Path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self) -> Any:
+        return load_image(self.path)
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+@dataclass
+class Question:
+    """One question to answer.
+
+    Attributes:
+        question_id: written to the answer line as is (any JSON value; need not be unique).
+        text: the user's turn; starts with ``<image>\\n`` when ``image`` is set (no ``<image>`` otherwise).
+        image: the image, or None for a text-only question (no visual tokens at all).
+        head: answer-line fields written before ``text`` (``question_id``, ``prompt`` ...).
+        tail: answer-line fields written after ``text`` (MMBench's ``options`` ...).
+        where: the question's place in its file for error messages, e.g. ``q.jsonl line 12``.
+    """
+
+    question_id: Any
+    text: str
+    image: ImageSource | None
+    head: dict[str, Any]
+    tail: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
+
+
+def id_key(question_id: Any) -> str:
+    """A hashable, type-exact key for a question id (``1`` and ``"1"`` differ)."""
+    return json.dumps(question_id, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks
+# ---------------------------------------------------------------------------------------------
+
+
+def split_list(items: Sequence[T], num_chunks: int) -> list[Sequence[T]]:
+    """Contiguous slices of size ``ceil(len(items) / num_chunks)`` (the last ones may be short or absent)."""
+    size = max(1, math.ceil(len(items) / num_chunks))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> Sequence[T]:
+    """Shard ``chunk_idx`` of ``num_chunks``: empty when there are fewer items than shards."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx must be in [0, --num-chunks), got {chunk_idx} of {num_chunks}.")
+    chunks = split_list(items, num_chunks)
+    return chunks[chunk_idx] if chunk_idx < len(chunks) else items[:0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming from an existing answers file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AnswerFileState:
+    """What an existing answers file already holds.
+
+    Attributes:
+        answered: how many answers each question id (see :func:`id_key`) already has.
+        keep_bytes: length of the part made of complete lines; a truncated last line lies past it.
+        needs_newline: the last complete record has no trailing newline.
+    """
+
+    answered: Counter
+    keep_bytes: int = 0
+    needs_newline: bool = False
+
+    @property
+    def count(self) -> int:
+        return sum(self.answered.values())
+
+
+def read_answer_file(path: Path) -> AnswerFileState:
+    """Reads the question ids of an answers file; a last line that is not JSON (a killed run) is dropped.
+
+    Raises:
+        ValueError: a line other than the last is not JSON, or a line has no ``question_id``.
+    """
+    if not path.exists():
+        return AnswerFileState(Counter())
+    data = path.read_bytes()
+    pieces = data.split(b"\n")
+    state, offset = AnswerFileState(Counter()), 0
+    for lineno, raw in enumerate(pieces, start=1):
+        last = lineno == len(pieces)
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+            except ValueError as err:
+                if last:  # a line cut short by a killed run: rewritten on resume
+                    break
+                raise ValueError(
+                    f"{path} line {lineno} is not JSON ({err}); the answers file is corrupt. "
+                    "Delete that line (or the file) and rerun."
+                ) from err
+            if not isinstance(record, dict) or "question_id" not in record:
+                raise ValueError(f"{path} line {lineno} is not an answer line (no question_id).")
+            state.answered[id_key(record["question_id"])] += 1
+            state.needs_newline = last
+        offset += len(raw) + (0 if last else 1)
+        state.keep_bytes = offset
+    return state
+
+
+def check_answers_belong(state: AnswerFileState, questions: Sequence[Question], path: Path) -> None:
+    """Fails when the answers file holds ids that this shard of the question file does not ask."""
+    expected = Counter(id_key(q.question_id) for q in questions)
+    for key, count in state.answered.items():
+        if expected[key] == 0:
+            raise ValueError(
+                f"The answers file {path} holds an answer for question_id {json.loads(key)!r}, which is not "
+                "among the questions of this run: it is the answers file of another question set (or of "
+                "another --chunk-idx). Pass another --answers-file or delete it; it was left unchanged."
+            )
+        if count > expected[key]:
+            raise ValueError(
+                f"The answers file {path} holds {count} answers for question_id {json.loads(key)!r} but "
+                f"the questions of this run ask it {expected[key]} time(s); it was left unchanged."
+            )
+
+
+def pending_questions(questions: Sequence[Question], state: AnswerFileState) -> list[Question]:
+    """The questions still to answer: for each id, its occurrences beyond those already answered."""
+    left = Counter(state.answered)
+    pending = []
+    for question in questions:
+        key = id_key(question.question_id)
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            pending.append(question)
+    return pending
+
+
+def open_for_append(path: Path, state: AnswerFileState):
+    """Opens the answers file for appending, after cutting a truncated last line off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size != state.keep_bytes:
+        os.truncate(path, state.keep_bytes)
+    handle = path.open("a", encoding="utf-8")
+    if state.needs_newline:
+        handle.write("\n")
+    return handle
+
+
+def check_images_exist(questions: Iterable[Question]) -> None:
+    """Fails on the first question whose image file is missing (before any model is loaded)."""
+    for question in questions:
+        if question.image is not None and not question.image.exists():
+            hint = " Check --image-folder." if isinstance(question.image, ImageFile) else ""
+            raise FileNotFoundError(
+                f"Image not found: {question.image.describe()} (question_id {question.question_id!r}, "
+                f"{question.where}).{hint}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser(prog: str, description: str, max_new_tokens: int) -> argparse.ArgumentParser:
+    """The options every runner shares (upstream's spellings; ``--max-new-tokens`` etc. also accepted)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--model-path", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument(
+        "--model-base", default=None, help="base LLM, for LoRA and projector-only checkpoints"
+    )
+    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--answers-file", required=True, help="JSON lines; resumed when it exists")
+    parser.add_argument("--conv-mode", default="vicuna_v1", choices=sorted(conv_templates))
+    parser.add_argument("--num-chunks", type=int, default=1, help="number of shards (one per GPU)")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="which shard this process answers")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
+    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
+    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
+    parser.add_argument(
+        "--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=max_new_tokens
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="questions per forward (left padding; greedy answers match)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    group = parser.add_argument_group("token reduction (overrides the checkpoint's mm_token_reduction)")
+    group.add_argument("--token-reduction", default=None, metavar="METHOD", help="e.g. none, prumerge")
+    group.add_argument("--reduction-variant", default=None, choices=VARIANTS)
+    group.add_argument("--reduction-form", default=None, choices=PLUS_FORMS, help="PruMerge+ only")
+    group.add_argument(
+        "--reduction-budget", type=int, default=None, metavar="N", help="visual tokens per image; 0 = none"
+    )
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> str:
+    """Fails on option values that are wrong whatever the checkpoint; returns the device to use."""
+    from llava.serve.cli import check_args as check_common
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.num_beams < 1:
+        raise ValueError(f"--num_beams must be at least 1, got {args.num_beams}.")
+    get_chunk([], args.num_chunks, args.chunk_idx)  # validates the shard options
+    return check_common(args)
+
+
+def run_main(
+    argv: list[str] | None,
+    parser: argparse.ArgumentParser,
+    load_questions: Callable[[argparse.Namespace], list[Question]],
+) -> int:
+    """Parses ``argv``, reads the questions and runs them; returns 0, or 2 after printing ``error: ...``."""
+    args = parser.parse_args(argv)
+    try:
+        device = check_args(args)
+        run_questions(args, load_questions(args), device)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A model ready to answer: tokenizer, model, image processor and the name written as ``model_id``."""
+
+    tokenizer: Any
+    model: Any
+    image_processor: Any
+    model_name: str
+
+
+def load_model(args: argparse.Namespace, device: str) -> Loaded:
+    """Loads ``--model-path`` (+ ``--model-base``) and applies the ``--token-reduction`` flags."""
+    from llava.model.builder import load_pretrained_model
+    from llava.serve.cli import reduction_from_args
+
+    model_name = get_model_name_from_path(args.model_path)
+    tokenizer, model, processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device=device
+    )
+    recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
+    override = reduction_from_args(recorded, args)
+    reduction = model.set_token_reduction(override) if override is not None else recorded
+    print(f"[llava] {model_name}: token reduction {reduction.describe()}", file=sys.stderr, flush=True)
+    return Loaded(tokenizer, model, processor, model_name)
+
+
+def generation_kwargs(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    """``generate`` arguments as upstream: sampling only when ``temperature > 0``; stops at EOS."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.temperature > 0,
+        "num_beams": args.num_beams,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": pad,
+        "use_cache": True,
+    }
+    if args.temperature > 0:
+        kwargs["temperature"] = args.temperature
+        if args.top_p is not None:
+            kwargs["top_p"] = args.top_p
+    return kwargs
+
+
+def build_prompt(conv_mode: str, text: str) -> str:
+    """The one-turn generation prompt, e.g. ``{system} USER: <image>\\n{text} ASSISTANT:``."""
+    conv = get_conv_template(conv_mode)
+    conv.append_message(conv.roles[0], text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks 1-D id tensors padded on the left: ids ``[B, T]`` and attention mask ``[B, T]``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = seq
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_batch(
+    loaded: Loaded, prompts: list[str], pixels: torch.Tensor, kwargs: dict[str, Any]
+) -> tuple[list[str], list[int], list[bool]]:
+    """Answers a batch of prompts.
+
+    Args:
+        prompts: B prompt strings; each ``<image>`` takes the next image of ``pixels``.
+        pixels: ``[I, 3, H, W]`` images in placeholder order (``I = 0`` for text-only batches).
+        kwargs: see :func:`generation_kwargs`.
+
+    Returns:
+        The B decoded answers (special tokens skipped, stripped), the visual tokens spliced into each
+        prompt, and whether each prompt was cut at the model's context length.
+    """
+    tokenizer, model = loaded.tokenizer, loaded.model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = [tokenizer_image_token(p, tokenizer, return_tensors="pt") for p in prompts]
+    input_ids, mask = left_pad(ids, pad_id)
+    inputs = model.prepare_multimodal_inputs(
+        input_ids.to(model.device),
+        mask.to(model.device),
+        pixels.to(device=model.device, dtype=model.dtype),
+        padding_side="left",
+    )
+    new_tokens = model.generate(
+        inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, **kwargs
+    )
+    texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return texts, inputs.num_visual_tokens.tolist(), inputs.truncated.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Questions with their prompts and stacked images ``[I, 3, H, W]`` (I = questions with an image)."""
+
+    questions: list[Question]
+    prompts: list[str]
+    pixels: torch.Tensor
+
+
+def prepare_batch(questions: list[Question], loaded: Loaded, conv_mode: str) -> Batch:
+    """Builds the prompts and decodes + preprocesses the images of one batch (runs in a worker thread).
+
+    Raises:
+        ValueError: an image cannot be read (the message names it, the question id and its place).
+    """
+    images = []
+    for question in questions:
+        if question.image is None:
+            continue
+        try:
+            images.append(question.image.load())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{err} (question_id {question.question_id!r}, {question.where})") from err
+    aspect = getattr(loaded.model.config, "image_aspect_ratio", "pad")
+    pixels = process_images(images, loaded.image_processor, aspect) if images else torch.zeros(0, 3, 1, 1)
+    prompts = [build_prompt(conv_mode, q.text) for q in questions]
+    return Batch(list(questions), prompts, pixels)
+
+
+def prefetched(items: Iterable[T], prepare: Callable[[T], Any]) -> Iterator[Any]:
+    """``prepare(item)`` for each item in order, the next one computed in a thread while this one is used.
+
+    An error of one item is raised when that item is reached, after every earlier item was yielded.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = None
+        for item in items:
+            future = pool.submit(prepare, item)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = future
+        if ahead is not None:
+            yield ahead.result()
+
+
+def answer_line(question: Question, text: str, model_name: str, num_visual_tokens: int) -> dict[str, Any]:
+    """The answer record: upstream's fields in upstream's order, plus ``num_visual_tokens``."""
+    return {
+        **question.head,
+        "text": text,
+        **question.tail,
+        "answer_id": uuid.uuid4().hex,
+        "model_id": model_name,
+        "metadata": {},
+        "num_visual_tokens": int(num_visual_tokens),
+    }
+
+
+def run_questions(
+    args: argparse.Namespace, questions: list[Question], device: str, loaded: Loaded | None = None
+) -> int:
+    """Answers this shard's questions that the answers file does not hold yet; returns how many.
+
+    Everything that can fail cheaply (a foreign answers file, a missing image) fails before the model is
+    loaded; the answers file is only changed once generation starts.
+    """
+    from tqdm import tqdm
+
+    shard = list(get_chunk(questions, args.num_chunks, args.chunk_idx))
+    path = Path(args.answers_file).expanduser()
+    state = read_answer_file(path)
+    check_answers_belong(state, shard, path)
+    pending = pending_questions(shard, state)
+    if not pending:
+        print(f"[llava] {path}: all {len(shard)} questions already answered.", file=sys.stderr)
+        return 0
+    check_images_exist(pending)
+    loaded = loaded or load_model(args, device)
+    kwargs = generation_kwargs(args, loaded.tokenizer)
+    batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]
+    bar = tqdm(total=len(shard), initial=len(shard) - len(pending), unit="q", desc=path.name)
+    start, images = time.perf_counter(), 0
+    with open_for_append(path, state) as handle, bar:
+        for batch in prefetched(batches, lambda b: prepare_batch(b, loaded, args.conv_mode)):
+            texts, counts, cut = generate_batch(loaded, batch.prompts, batch.pixels, kwargs)
+            for question, text, count, was_cut in zip(batch.questions, texts, counts, cut):
+                if was_cut:
+                    bar.write(f"warning: question_id {question.question_id!r} was cut at the context length")
+                handle.write(json.dumps(answer_line(question, text, loaded.model_name, count)) + "\n")
+            handle.flush()
+            images += len(batch.pixels)
+            bar.update(len(batch.questions))
+            bar.set_postfix(img_s=f"{images / max(time.perf_counter() - start, 1e-9):.2f}")
+    return len(pending)
+
+
+def prompt_with_image(text: str, has_image: bool) -> str:
+    """``text`` without any ``<image>``; with ``<image>\\n`` in front when the question has an image."""
+    text = text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+    return f"{DEFAULT_IMAGE_TOKEN}\n{text}" if has_image else text
+
+
+def read_jsonl_with_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines file.
+
+    Raises:
+        ValueError: a line is not a JSON object (the message names the file and line).
+        FileNotFoundError: ``path`` does not exist.
+    """
+    from llava.eval.io import read_jsonl
+
+    records = read_jsonl(path)
+    with Path(path).open(encoding="utf-8") as handle:
+        numbers = [n for n, line in enumerate(handle, start=1) if line.strip()]
+    return list(zip(numbers, records))
+
+
+def require_fields(record: dict[str, Any], names: Sequence[str], where: str) -> None:
+    """Fails when ``record`` lacks one of ``names``."""
+    missing = [name for name in names if name not in record]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing} (has {sorted(record)}).")
