@@ -224,3 +224,14 @@ def test_saved_checkpoint_has_no_tower_weights_and_records_reduction(tiny_llava_
     assert config["mm_token_reduction"]["method"] == "none"
     assert config["mm_vision_tower"] == "vision_tower"
     assert config["mm_projector_type"] == "mlp2x_gelu" and config["mm_vision_select_layer"] == -2
+
+
+def test_text_only_generate_returns_only_new_tokens(tiny_llava):
+    from transformers import GenerationMixin
+
+    tokenizer, model = tiny_llava
+    text = prompt_ids(tokenizer, "What is this?", image=False)[None]
+    ours = model.generate(text, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    plain = GenerationMixin.generate(model, text, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    assert ours.shape == (1, 5)
+    assert ours[0].tolist() == plain[0, text.shape[1] :].tolist()

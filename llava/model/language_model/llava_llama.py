@@ -111,12 +111,16 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         labels: torch.Tensor | None = None,
         padding_side: str | None = None,
     ) -> MultimodalInputs:
-        """Encodes ``images`` and splices them into ``input_ids`` (see :func:`splice_visual_tokens`)."""
-        tokens, lengths = self.encode_images(images) if len(images) else self._no_images(input_ids)
+        """Encodes ``images`` (None or empty for text only) and splices them into ``input_ids``.
+
+        See :func:`splice_visual_tokens`.
+        """
+        has_images = images is not None and len(images) > 0
+        tokens, lengths = self.encode_images(images) if has_images else self._no_images(input_ids)
         return splice_visual_tokens(
             input_ids,
             attention_mask,
@@ -174,11 +178,12 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     ) -> torch.Tensor:
         """Generation with images spliced once, left-padded. Returns only the new tokens ``[B, T_new]``.
 
-        ``attention_mask`` marks padding in ``inputs`` (either side); without images this is plain
-        Llama generation (which returns prompt + new tokens, as transformers does).
+        ``attention_mask`` marks padding in ``inputs`` (either side). Without ``images`` the prompt is
+        text only; the output is still only the new tokens, as upstream LLaVA. With ``inputs_embeds``
+        instead of ``inputs`` this is transformers' own generation.
         """
-        if images is None:
-            return GenerationMixin.generate(self, inputs, attention_mask=attention_mask, **kwargs)
+        if inputs is None:
+            return GenerationMixin.generate(self, attention_mask=attention_mask, **kwargs)
         spliced = self.prepare_multimodal_inputs(inputs, attention_mask, images, padding_side="left")
         return GenerationMixin.generate(
             self, inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
