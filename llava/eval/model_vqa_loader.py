@@ -23,12 +23,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from llava.eval.io import iter_numbered_jsonl
 from llava.eval.runner import (
     ImageFile,
     Question,
     build_parser,
     prompt_with_image,
-    read_jsonl_with_lines,
     require_fields,
     run_main,
 )
@@ -38,7 +38,7 @@ def load_questions(args: argparse.Namespace) -> list[Question]:
     """The questions of ``--question-file``, images joined to ``--image-folder``."""
     folder = Path(args.image_folder).expanduser()
     questions = []
-    for lineno, row in read_jsonl_with_lines(args.question_file):
+    for lineno, row in iter_numbered_jsonl(args.question_file):
         where = f"{args.question_file} line {lineno}"
         require_fields(row, ("question_id", "text"), where)
         image = ImageFile(folder / row["image"]) if row.get("image") else None

@@ -502,21 +502,6 @@ def prompt_with_image(text: str, has_image: bool) -> str:
     return f"{DEFAULT_IMAGE_TOKEN}\n{text}" if has_image else text
 
 
-def read_jsonl_with_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of a JSON Lines file.
-
-    Raises:
-        ValueError: a line is not a JSON object (the message names the file and line).
-        FileNotFoundError: ``path`` does not exist.
-    """
-    from llava.eval.io import read_jsonl
-
-    records = read_jsonl(path)
-    with Path(path).open(encoding="utf-8") as handle:
-        numbers = [n for n, line in enumerate(handle, start=1) if line.strip()]
-    return list(zip(numbers, records))
-
-
 def require_fields(record: dict[str, Any], names: Sequence[str], where: str) -> None:
     """Fails when ``record`` lacks one of ``names``."""
     missing = [name for name in names if name not in record]
