@@ -37,7 +37,8 @@ import torch
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates, get_conv_template
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.token_reduction.config import PLUS_FORMS, VARIANTS, ReductionConfig
+from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
+from llava.model.token_reduction.config import ReductionConfig
 
 USAGE_ERROR = 2
 OPTION_SUFFIX = {
@@ -257,13 +258,7 @@ def build_parser(prog: str, description: str, max_new_tokens: int) -> argparse.A
         "--batch-size", type=int, default=1, help="questions per forward (left padding; greedy answers match)"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    group = parser.add_argument_group("token reduction (overrides the checkpoint's mm_token_reduction)")
-    group.add_argument("--token-reduction", default=None, metavar="METHOD", help="e.g. none, prumerge")
-    group.add_argument("--reduction-variant", default=None, choices=VARIANTS)
-    group.add_argument("--reduction-form", default=None, choices=PLUS_FORMS, help="PruMerge+ only")
-    group.add_argument(
-        "--reduction-budget", type=int, default=None, metavar="N", help="visual tokens per image; 0 = none"
-    )
+    add_reduction_args(parser)
     return parser
 
 
@@ -313,7 +308,6 @@ class Loaded:
 def load_model(args: argparse.Namespace, device: str) -> Loaded:
     """Loads ``--model-path`` (+ ``--model-base``) and applies the ``--token-reduction`` flags."""
     from llava.model.builder import load_pretrained_model
-    from llava.serve.cli import reduction_from_args
 
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, processor, _ = load_pretrained_model(

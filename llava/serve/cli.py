@@ -30,7 +30,8 @@ import torch
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, conv_mode_for_model, conv_templates, get_conv_template
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.token_reduction.config import PLUS_FORMS, VARIANTS, ReductionConfig
+from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
+from llava.model.token_reduction.config import ReductionConfig
 from llava.model.token_reduction.registry import get_reducer
 
 EXIT_WORDS = ("exit", "quit")
@@ -62,17 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    group = parser.add_argument_group("token reduction (overrides the checkpoint's mm_token_reduction)")
-    group.add_argument("--token-reduction", default=None, metavar="METHOD", help="e.g. none, prumerge")
-    group.add_argument("--reduction-variant", default=None, choices=VARIANTS)
-    group.add_argument("--reduction-form", default=None, choices=PLUS_FORMS, help="PruMerge+ only")
-    group.add_argument(
-        "--reduction-budget",
-        type=int,
-        default=None,
-        metavar="N",
-        help="fixed number of visual tokens per image; 0 = none (each method's adaptive count)",
-    )
+    add_reduction_args(parser)
     return parser
 
 
@@ -98,27 +89,6 @@ def check_args(args: argparse.Namespace) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
     return args.device
-
-
-def reduction_from_args(recorded: ReductionConfig, args: argparse.Namespace) -> ReductionConfig | None:
-    """The checkpoint's reduction updated by the ``--token-reduction`` / ``--reduction-*`` flags.
-
-    Returns None when no such flag was given. Switching method drops the recorded ``grid`` (a
-    ``spatial`` option); switching to ``none`` also drops the recorded budget (see
-    :meth:`ReductionConfig.replace`); ``--reduction-budget 0`` clears it.
-    """
-    flags = {
-        "method": args.token_reduction,
-        "variant": args.reduction_variant,
-        "form": args.reduction_form,
-        "budget": args.reduction_budget,
-    }
-    if all(value is None for value in flags.values()):
-        return None
-    reduction = recorded.replace(**{key: value for key, value in flags.items() if key != "budget"})
-    if args.reduction_budget is None:
-        return reduction
-    return ReductionConfig.from_value({**reduction.to_dict(), "budget": args.reduction_budget or None})
 
 
 def generation_kwargs(temperature: float, max_new_tokens: int, tokenizer: Any) -> dict[str, Any]:
