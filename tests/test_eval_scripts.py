@@ -1,0 +1,191 @@
+"""End-to-end tests of ``scripts/v1_5/eval/*.sh`` on the tiny checkpoint.
+
+Each script runs with ``bash`` in a subprocess on the first few questions of the real LLaVA-1.5 question
+files (``../shared/fixtures/upstream_eval``), copied into a temporary ``EVAL_DIR`` with upstream's
+``playground/data/eval`` layout, with stand-in images named after the ``image`` fields, two CPU chunks
+(``CHUNKS=2``, ``CUDA_VISIBLE_DEVICES=""``) and ``MAX_QUESTIONS``. Then ``llava.eval.report`` gathers the
+score files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO_ROOT / "scripts" / "v1_5" / "eval"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+UPSTREAM = SHARED / "fixtures" / "upstream_eval"
+N = 6
+NEEDS_SHARED = pytest.mark.skipif(
+    not UPSTREAM.is_dir(), reason=f"the real LLaVA-1.5 eval files are not here ({UPSTREAM})"
+)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llava.tiny import build_tiny_llava
+
+    out = tmp_path_factory.mktemp("scripts_ckpt") / "tiny-llava"
+    build_tiny_llava(out, reduction="prumerge")
+    return out
+
+
+def stand_in_images(folder: Path, names: list[str]) -> None:
+    for seed, name in enumerate(dict.fromkeys(names)):
+        pixels = np.random.default_rng(seed).integers(0, 256, (48 + 8 * seed, 64, 3), dtype=np.uint8)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / name)
+
+
+def run_script(name: str, ckpt: Path, eval_dir: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "EVAL_DIR": str(eval_dir),
+        "MAX_QUESTIONS": str(N),
+        "CHUNKS": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHON": sys.executable,
+        "EXTRA_ARGS": "--max_new_tokens 3 --device cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / name), str(ckpt), "", "prumerge"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SCRIPTS.glob("*.sh")))
+def test_scripts_parse(name):
+    assert subprocess.run(["bash", "-n", str(SCRIPTS / name)]).returncode == 0
+
+
+def test_usage_error_without_checkpoint():
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_PATH"}
+    result = subprocess.run(["bash", str(SCRIPTS / "pope.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "usage" in result.stderr
+
+
+@NEEDS_SHARED
+def test_pope_script_end_to_end(ckpt, tmp_path):
+    pope = tmp_path / "eval" / "pope"
+    (pope / "coco").mkdir(parents=True)
+    rows = read_jsonl(UPSTREAM / "pope" / "llava_pope_test.jsonl")[:N]
+    shutil.copy(UPSTREAM / "pope" / "llava_pope_test.jsonl", pope)
+    stand_in_images(pope / "val2014", [row["image"] for row in rows])
+    # Labels are matched by position per category: keep as many as there are questions.
+    per_category = Counter(row["category"] for row in rows)
+    for label_file in (UPSTREAM / "pope" / "coco").glob("coco_pope_*.json"):
+        category = label_file.stem.removeprefix("coco_pope_")
+        if per_category[category]:
+            lines = label_file.read_text().splitlines()[: per_category[category]]
+            (pope / "coco" / label_file.name).write_text("\n".join(lines) + "\n")
+
+    run_script("pope.sh", ckpt, tmp_path / "eval")
+
+    name = f"tiny-llava-prumerge-first{N}"
+    answers = read_jsonl(pope / "answers" / f"{name}.jsonl")
+    assert [a["question_id"] for a in answers] == [row["question_id"] for row in rows]
+    assert (pope / "answers" / name / "2_0.jsonl").is_file() and (pope / "answers" / name / "2_1.jsonl").is_file()
+    assert all(a["num_visual_tokens"] > 0 for a in answers)
+    scores = json.loads((pope / "answers" / f"{name}.scores.json").read_text())
+    assert {"categories", "mean_f1_percent", "mean_accuracy_percent"} <= set(scores)
+    assert set(scores["categories"]) == set(per_category)
+
+    from llava.eval import report
+
+    table = report.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path / "r.md"),
+                         "--json", str(tmp_path / "r.json")])
+    data = json.loads((tmp_path / "r.json").read_text())
+    row = data[name]
+    assert row["POPE"]["score"] == pytest.approx(scores["mean_f1_percent"])
+    assert row["POPE"]["visual_tokens"] == pytest.approx(np.mean([a["num_visual_tokens"] for a in answers]))
+    assert row["VQAv2"]["score"] is None
+    assert name in table and "| VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB |" in (tmp_path / "r.md").read_text()
+
+
+@NEEDS_SHARED
+def test_sqa_script_end_to_end(ckpt, tmp_path):
+    sqa = tmp_path / "eval" / "scienceqa"
+    sqa.mkdir(parents=True)
+    for name in ("llava_test_CQM-A.json", "pid_splits.json"):
+        shutil.copy(UPSTREAM / "scienceqa" / name, sqa)
+    items = json.loads((sqa / "llava_test_CQM-A.json").read_text())[:N]
+    stand_in_images(sqa / "images" / "test", [item["image"] for item in items if item.get("image")])
+
+    run_script("sqa.sh", ckpt, tmp_path / "eval")
+
+    name = f"tiny-llava-prumerge-first{N}"
+    answers = read_jsonl(sqa / "answers" / f"{name}.jsonl")
+    assert sorted(str(a["question_id"]) for a in answers) == sorted(str(item["id"]) for item in items)
+    assert [str(a["question_id"]) for a in answers] == [str(item["id"]) for item in items]
+    scores = json.loads((sqa / "answers" / f"{name}.scores.json").read_text())
+    assert {"accuracy_percent", "img_accuracy_percent", "img_count", "count"} <= set(scores)
+    assert scores["count"] == 4241  # scored against the whole split; unanswered items count as wrong
+    assert (sqa / "answers" / f"{name}_result.json").is_file()
+
+
+@NEEDS_SHARED
+def test_textvqa_and_mme_scripts_end_to_end(ckpt, tmp_path):
+    """TextVQA and MME with ground truth made up for the first questions (the real files are not here)."""
+    eval_dir = tmp_path / "eval"
+    textvqa, mme = eval_dir / "textvqa", eval_dir / "MME"
+    textvqa.mkdir(parents=True)
+    mme.mkdir(parents=True)
+    shutil.copy(UPSTREAM / "textvqa" / "llava_textvqa_val_v051_ocr.jsonl", textvqa)
+    rows = read_jsonl(textvqa / "llava_textvqa_val_v051_ocr.jsonl")[:N]
+    stand_in_images(textvqa / "train_images", [row["image"] for row in rows])
+    data = [
+        {"image_id": row["question_id"], "question": row["text"].split("\n")[0], "answers": ["yes"] * 10}
+        for row in rows
+    ]
+    (textvqa / "TextVQA_0.5.1_val.json").write_text(json.dumps({"data": data}))
+
+    shutil.copy(UPSTREAM / "mme" / "llava_mme.jsonl", mme)
+    mme_rows = read_jsonl(mme / "llava_mme.jsonl")[:N]
+    release = mme / "MME_Benchmark_release_version"
+    stand_in_images(release, [row["image"] for row in mme_rows])
+    for i, row in enumerate(mme_rows):
+        gt = release / (str(Path(row["image"]).with_suffix(".txt")))
+        question = row["text"].split("\n")[0] + " Please answer yes or no."
+        with gt.open("a") as handle:
+            handle.write(f"{question}\t{'Yes' if i % 2 == 0 else 'No'}\n")
+
+    run_script("textvqa.sh", ckpt, eval_dir)
+    run_script("mme.sh", ckpt, eval_dir)
+
+    name = f"tiny-llava-prumerge-first{N}"
+    answers = read_jsonl(textvqa / "answers" / f"{name}.jsonl")
+    assert [a["question_id"] for a in answers] == [row["question_id"] for row in rows]
+    scores = json.loads((textvqa / "answers" / f"{name}.scores.json").read_text())
+    assert scores["count"] == N and "soft_accuracy_percent" in scores
+
+    answers = read_jsonl(mme / "answers" / f"{name}.jsonl")
+    assert [(a["question_id"], a["prompt"]) for a in answers] == [(r["question_id"], r["text"]) for r in mme_rows]
+    scores = json.loads((mme / "answers" / f"{name}.scores.json").read_text())
+    assert {"subtasks", "perception_score", "cognition_score"} <= set(scores)
+    assert (mme / "eval_tool" / "answers" / name).is_dir()
+
+    from llava.eval import report
+
+    report.main(["--results", str(eval_dir), "--json", str(tmp_path / "r.json")])
+    row = json.loads((tmp_path / "r.json").read_text())[name]
+    textvqa_scores = json.loads((textvqa / "answers" / f"{name}.scores.json").read_text())
+    assert row["TextVQA"]["score"] == pytest.approx(textvqa_scores["soft_accuracy_percent"])
+    assert row["MME"]["score"] == pytest.approx(scores["perception_score"])
+    assert row["MMB"]["score"] is None
