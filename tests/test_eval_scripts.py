@@ -60,7 +60,11 @@ def run_script(name: str, ckpt: Path, eval_dir: Path) -> subprocess.CompletedPro
     }
     result = subprocess.run(
         ["bash", str(SCRIPTS / name), str(ckpt), "", "prumerge"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
     return result
@@ -101,7 +105,9 @@ def test_pope_script_end_to_end(ckpt, tmp_path):
     name = f"tiny-llava-prumerge-first{N}"
     answers = read_jsonl(pope / "answers" / f"{name}.jsonl")
     assert [a["question_id"] for a in answers] == [row["question_id"] for row in rows]
-    assert (pope / "answers" / name / "2_0.jsonl").is_file() and (pope / "answers" / name / "2_1.jsonl").is_file()
+    assert (pope / "answers" / name / "2_0.jsonl").is_file() and (
+        pope / "answers" / name / "2_1.jsonl"
+    ).is_file()
     assert all(a["num_visual_tokens"] > 0 for a in answers)
     scores = json.loads((pope / "answers" / f"{name}.scores.json").read_text())
     assert {"categories", "mean_f1_percent", "mean_accuracy_percent"} <= set(scores)
@@ -109,14 +115,25 @@ def test_pope_script_end_to_end(ckpt, tmp_path):
 
     from llava.eval import report
 
-    table = report.main(["--results", str(tmp_path / "eval"), "--out", str(tmp_path / "r.md"),
-                         "--json", str(tmp_path / "r.json")])
+    table = report.main(
+        [
+            "--results",
+            str(tmp_path / "eval"),
+            "--out",
+            str(tmp_path / "r.md"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     data = json.loads((tmp_path / "r.json").read_text())
     row = data[name]
     assert row["POPE"]["score"] == pytest.approx(scores["mean_f1_percent"])
     assert row["POPE"]["visual_tokens"] == pytest.approx(np.mean([a["num_visual_tokens"] for a in answers]))
     assert row["VQAv2"]["score"] is None
-    assert name in table and "| VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB |" in (tmp_path / "r.md").read_text()
+    assert (
+        name in table
+        and "| VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB |" in (tmp_path / "r.md").read_text()
+    )
 
 
 @NEEDS_SHARED
@@ -176,7 +193,9 @@ def test_textvqa_and_mme_scripts_end_to_end(ckpt, tmp_path):
     assert scores["count"] == N and "soft_accuracy_percent" in scores
 
     answers = read_jsonl(mme / "answers" / f"{name}.jsonl")
-    assert [(a["question_id"], a["prompt"]) for a in answers] == [(r["question_id"], r["text"]) for r in mme_rows]
+    assert [(a["question_id"], a["prompt"]) for a in answers] == [
+        (r["question_id"], r["text"]) for r in mme_rows
+    ]
     scores = json.loads((mme / "answers" / f"{name}.scores.json").read_text())
     assert {"subtasks", "perception_score", "cognition_score"} <= set(scores)
     assert (mme / "eval_tool" / "answers" / name).is_dir()
@@ -189,3 +208,58 @@ def test_textvqa_and_mme_scripts_end_to_end(ckpt, tmp_path):
     assert row["TextVQA"]["score"] == pytest.approx(textvqa_scores["soft_accuracy_percent"])
     assert row["MME"]["score"] == pytest.approx(scores["perception_score"])
     assert row["MMB"]["score"] is None
+
+
+@NEEDS_SHARED
+def test_vqav2_script_makes_the_upload_file(ckpt, tmp_path):
+    # Stand-in test-dev questions: real LLaVA-format question lines (POPE's have the same fields).
+    vqav2 = tmp_path / "eval" / "vqav2"
+    vqav2.mkdir(parents=True)
+    rows = read_jsonl(UPSTREAM / "pope" / "llava_pope_test.jsonl")[: N + 2]
+    (vqav2 / "llava_vqav2_mscoco_test-dev2015.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[:N])
+    )
+    (vqav2 / "llava_vqav2_mscoco_test2015.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stand_in_images(vqav2 / "test2015", [row["image"] for row in rows])
+
+    run_script("vqav2.sh", ckpt, tmp_path / "eval")
+
+    name = f"tiny-llava-prumerge-first{N}"
+    merged = read_jsonl(vqav2 / "answers" / "llava_vqav2_mscoco_test-dev2015" / name / "merge.jsonl")
+    assert [a["question_id"] for a in merged] == [r["question_id"] for r in rows[:N]]
+    upload = json.loads(
+        (vqav2 / "answers_upload" / "llava_vqav2_mscoco_test-dev2015" / f"{name}.json").read_text()
+    )
+    assert [u["question_id"] for u in upload] == [r["question_id"] for r in rows]  # the full test split
+    assert [u["answer"] for u in upload[N:]] == ["", ""]  # ids outside test-dev are filled with ""
+
+
+def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
+    import base64
+    import io
+
+    import pandas as pd
+
+    mmbench = tmp_path / "eval" / "mmbench"
+    mmbench.mkdir(parents=True)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), 128, dtype=np.uint8)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    rows = [
+        {"index": i, "question": f"Which colour is shape {i}?", "hint": "A hint." if i % 2 else float("nan"),
+         "A": "red", "B": "blue", "C": "green" if i < 3 else float("nan"), "D": "grey" if i < 2 else float("nan"),
+         "answer": "A", "category": "attribute", "source": "x", "l2-category": "y", "comment": "", "split": "dev",
+         "image": image}
+        for i in range(N)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(mmbench / "mmbench_dev_20230712.tsv", sep="\t", index=False)
+
+    run_script("mmbench.sh", ckpt, tmp_path / "eval")
+
+    name = f"tiny-llava-prumerge-first{N}"
+    answers = read_jsonl(mmbench / "answers" / "mmbench_dev_20230712" / f"{name}.jsonl")
+    assert [a["question_id"] for a in answers] == list(range(N))
+    sheet = pd.read_excel(mmbench / "answers_upload" / "mmbench_dev_20230712" / f"{name}.xlsx")
+    assert list(sheet.columns) == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
+    assert sheet["index"].tolist() == list(range(N))
+    assert sheet["prediction"].fillna("").tolist() == [a["text"] for a in answers]
