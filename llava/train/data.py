@@ -1,0 +1,284 @@
+"""Training data: the LLaVA conversation format, label masking from character spans, and the collator.
+
+Samples are ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` in a JSON
+list, a JSON Lines file, or a Hugging Face ``datasets`` folder (``save_to_disk``). Image paths are
+relative to ``--image_folder``. Text-only samples get no image and no image tokens at all.
+
+Labels come from the rendered conversation itself: it is tokenised once (split only at ``<image>``, as
+at inference) with character offsets, and a token is trained on when it overlaps an assistant answer,
+its ``</s>`` or the space that joins the answer to ``ASSISTANT:`` (Llama's tokenizers fold that space
+into the answer's first token). No length arithmetic, so no "tokenization mismatch" and no sample is
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+
+logger = logging.getLogger(__name__)
+
+
+class BadSampleError(ValueError):
+    """A training sample that cannot be used; the message names the file, line and sample id."""
+
+
+@dataclass
+class Sample:
+    """One validated sample and where it came from."""
+
+    record: dict[str, Any]
+    where: str  # "<file> line N (id X)"
+
+    @property
+    def image(self) -> str | None:
+        return self.record.get("image")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating
+# ---------------------------------------------------------------------------------------------
+
+
+def read_records(data_path: str | Path) -> list[tuple[int, dict[str, Any] | BadSampleError]]:
+    """``(line or index, record)`` pairs; a malformed JSON Lines line gives a ``BadSampleError`` instead."""
+    path = Path(data_path)
+    if path.is_dir():
+        import datasets
+
+        return list(enumerate(datasets.load_from_disk(str(path)).to_list(), start=1))
+    if not path.is_file():
+        raise FileNotFoundError(f"--data_path {path} does not exist.")
+    if path.suffix == ".jsonl":
+        out: list[tuple[int, dict[str, Any] | BadSampleError]] = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    out.append((number, BadSampleError(f"{path} line {number}: not valid JSON ({err.msg})")))
+        return out
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BadSampleError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); fix the file.") from err
+    if not isinstance(records, list):
+        raise BadSampleError(f"{path}: expected a JSON list of samples.")
+    return list(enumerate(records, start=1))
+
+
+def check_record(record: Any, where: str, image_folder: Path | None) -> None:
+    """Raises ``BadSampleError`` for a sample the trainer cannot use."""
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        raise BadSampleError(f"{where}: no 'conversations' list.")
+    turns = record["conversations"]
+    if not any(t.get("from") == "gpt" for t in turns if isinstance(t, dict)):
+        raise BadSampleError(f"{where}: no 'gpt' turn, nothing to train on.")
+    mentions = sum(str(t.get("value", "")).count(DEFAULT_IMAGE_TOKEN) for t in turns if isinstance(t, dict))
+    image = record.get("image")
+    if mentions and not image:
+        raise BadSampleError(f"{where}: the text has <image> but the sample names no image file.")
+    if image and not mentions:
+        raise BadSampleError(f"{where}: the sample names an image but no turn holds <image>.")
+    if image and image_folder is not None and not (image_folder / image).is_file():
+        raise BadSampleError(f"{where}: image file {image_folder / image} is missing (check --image_folder).")
+
+
+def load_samples(data_path: str, image_folder: str | None, skip_bad: bool) -> tuple[list[Sample], int]:
+    """Validated samples and the number skipped (``skip_bad``), or the first bad sample's error."""
+    folder = Path(image_folder) if image_folder else None
+    samples, skipped = [], 0
+    for number, record in read_records(data_path):
+        label = "line" if str(data_path).endswith(".jsonl") else "sample"
+        sample_id = record.get("id", "?") if isinstance(record, dict) else "?"
+        where = f"{data_path} {label} {number} (id {sample_id})"
+        try:
+            if isinstance(record, BadSampleError):
+                raise record
+            check_record(record, where, folder)
+        except BadSampleError as err:
+            if not skip_bad:
+                raise BadSampleError(
+                    f"{err} Fix it, or pass --skip_bad_samples True to skip such samples."
+                ) from None
+            logger.warning("Skipping a bad sample: %s", err)
+            skipped += 1
+            continue
+        samples.append(Sample(record, where))
+    if not samples:
+        raise BadSampleError(f"{data_path} holds no usable sample.")
+    return samples, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and labels
+# ---------------------------------------------------------------------------------------------
+
+
+def render(turns: list[dict[str, Any]], template: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as one string, and the character spans the loss falls on.
+
+    ``TWO`` templates (``v1``/``vicuna_v1``): each answer plus its ``sep2`` (``</s>``), starting at the
+    space that follows ``ASSISTANT:``. ``PLAIN``: the caption and its newline, after ``<image>``.
+    Turns are taken from the first human turn on; roles must alternate human/gpt.
+    """
+    start = next((i for i, t in enumerate(turns) if t.get("from") == "human"), len(turns))
+    turns = turns[start:]
+    conv = template.copy()
+    conv.messages = []
+    roles = {"human": conv.roles[0], "gpt": conv.roles[1]}
+    for i, turn in enumerate(turns):
+        expected = "human" if i % 2 == 0 else "gpt"
+        if turn.get("from") != expected:
+            raise BadSampleError(f"turn {start + i} is from {turn.get('from')!r}, expected {expected!r}")
+        text = str(turn.get("value", ""))
+        if i == 0 and DEFAULT_IMAGE_TOKEN in text:
+            text = DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        conv.append_message(roles[expected], text)
+    if conv.sep_style == SeparatorStyle.PLAIN:
+        caption = next((str(t.get("value", "")) for t in turns if t.get("from") == "gpt"), "")
+        return DEFAULT_IMAGE_TOKEN + caption + conv.sep, [
+            (len(DEFAULT_IMAGE_TOKEN), len(DEFAULT_IMAGE_TOKEN) + len(caption) + 1)
+        ]
+    return _render_two(conv)
+
+
+def _render_two(conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    text = conv.system + conv.sep
+    spans = []
+    for i, (role, message) in enumerate(conv.messages):
+        text += f"{role}:"
+        is_answer = i % 2 == 1
+        begin = len(text)
+        text += " " + message + (conv.sep2 if is_answer else conv.sep)
+        if is_answer:
+            spans.append((begin, len(text)))
+    return text, spans
+
+
+def tokenize_with_labels(text: str, spans: list[tuple[int, int]], tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` (one ``IMAGE_TOKEN_INDEX`` per ``<image>``, one BOS) and their labels.
+
+    A token is labelled with its own id when its characters overlap one of ``spans``, else ``IGNORE_INDEX``.
+    """
+    ids: list[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    offset = 0
+    for k, chunk in enumerate(text.split(DEFAULT_IMAGE_TOKEN)):
+        if k:
+            ids.append(IMAGE_TOKEN_INDEX)
+            labels.append(IGNORE_INDEX)
+            offset += len(DEFAULT_IMAGE_TOKEN)
+        if chunk:
+            encoded = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+            for token, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+                a, b = a + offset, b + offset
+                ids.append(token)
+                labels.append(token if any(a < end and b > begin for begin, end in spans) else IGNORE_INDEX)
+        offset += len(chunk)
+    return ids, labels
+
+
+def modality_length(record: dict[str, Any]) -> int:
+    """Upstream's length for grouping: words over all turns, negative for text-only samples."""
+    words = sum(len(str(t.get("value", "")).split()) for t in record["conversations"])
+    return words if record.get("image") else -words
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and collator
+# ---------------------------------------------------------------------------------------------
+
+
+class LazySupervisedDataset(Dataset):
+    """Tokenises each sample and loads its image when it is drawn.
+
+    A corrupt image stops training with the sample named, or, with ``skip_bad``, is replaced by the next
+    usable sample and counted in :attr:`corrupt_images` (shared with data-loader workers).
+    """
+
+    def __init__(self, data_path: str, tokenizer, image_processor, conv_version: str, image_folder: str | None,
+                 image_aspect_ratio: str = "square", skip_bad: bool = False) -> None:  # fmt: skip
+        self.samples, self.skipped = load_samples(data_path, image_folder, skip_bad)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.template = get_conv_template(conv_version)
+        self.image_folder = Path(image_folder) if image_folder else None
+        self.image_aspect_ratio = image_aspect_ratio
+        self.skip_bad = skip_bad
+        self.corrupt_images = multiprocessing.Value("i", 0)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        return [modality_length(s.record) for s in self.samples]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.samples)):
+            sample = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                return self._build(sample)
+            except BadSampleError as err:
+                if not self.skip_bad:
+                    raise
+                logger.warning("Skipping a bad sample: %s", err)
+                with self.corrupt_images.get_lock():
+                    self.corrupt_images.value += 1
+        raise BadSampleError("No sample of the dataset could be loaded.")
+
+    def _build(self, sample: Sample) -> dict[str, Any]:
+        from llava.mm_utils import load_image, process_images
+
+        try:
+            text, spans = render(sample.record["conversations"], self.template)
+        except BadSampleError as err:
+            raise BadSampleError(f"{sample.where}: {err}") from None
+        ids, labels = tokenize_with_labels(text, spans, self.tokenizer)
+        item: dict[str, Any] = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+        if sample.image:
+            try:
+                image = load_image(self.image_folder / sample.image if self.image_folder else sample.image)
+            except (OSError, ValueError) as err:
+                raise BadSampleError(f"{sample.where}: {err}") from None
+            item["image"] = process_images([image], self.image_processor, self.image_aspect_ratio)[0]
+        return item
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Right-pads ids (pad id) and labels (``IGNORE_INDEX``) and stacks the images.
+
+    ``images`` holds one entry per sample that has an image, in batch order, matching the placeholders.
+    Truncation to ``model_max_length`` happens in the model, after the visual tokens are spliced in, where
+    it is counted (``truncated`` in the model's output).
+    """
+
+    pad_token_id: int = 0
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros(len(items), width, dtype=torch.long)
+        for row, it in enumerate(items):
+            n = len(it["input_ids"])
+            ids[row, :n], labels[row, :n], mask[row, :n] = it["input_ids"], it["labels"], 1
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        images = [it["image"] for it in items if "image" in it]
+        if images:
+            batch["images"] = torch.stack(images)
+        return batch

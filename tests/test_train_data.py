@@ -1,0 +1,159 @@
+"""Training data: label spans, templates, text-only samples, the collator and bad-data handling."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.conversation import get_conv_template
+from llava.mm_utils import load_image_processor, tokenizer_image_token
+from llava.train.data import BadSampleError, DataCollatorForSupervisedDataset, LazySupervisedDataset, render
+
+MULTI_TURN = {
+    "id": "multi",
+    "image": "a.png",
+    "conversations": [
+        {"from": "human", "value": "What is the colour of the ball?\n<image>"},
+        {"from": "gpt", "value": "The ball is red."},
+        {"from": "human", "value": "How many cups are there?"},
+        {"from": "gpt", "value": "There are 3 cups, next to a cat."},
+        {"from": "human", "value": "Is it a photo?"},
+        {"from": "gpt", "value": "Yes"},
+    ],
+}
+TEXT_ONLY = {
+    "id": "text",
+    "conversations": [
+        {"from": "human", "value": "Say hello twice."},
+        {"from": "gpt", "value": "Hello hello!"},
+        {"from": "human", "value": "And once?"},
+        {"from": "gpt", "value": "Hello."},
+    ],
+}
+CAPTION = {
+    "id": "cap",
+    "image": "a.png",
+    "conversations": [
+        {"from": "human", "value": "Render a short caption.\n<image>"},
+        {"from": "gpt", "value": "a red ball on grass"},
+    ],
+}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    return tmp_path
+
+
+def dataset(data_dir, tokenizer_dir, records, version="v1", **kwargs):
+    from transformers import AutoTokenizer
+
+    path = data_dir / "data.json"
+    path.write_text(json.dumps(records))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return LazySupervisedDataset(
+        str(path), tokenizer, _processor(data_dir), version, str(data_dir), "pad", **kwargs
+    ), tokenizer
+
+
+def _processor(folder):
+    from llava.tiny import save_image_processor
+
+    save_image_processor(folder / "processor")
+    return load_image_processor(str(folder / "processor"))
+
+
+def labelled_runs(item, tokenizer) -> list[str]:
+    labels = item["labels"].tolist()
+    runs, current = [], []
+    for token in labels + [IGNORE_INDEX]:
+        if token == IGNORE_INDEX:
+            if current:
+                runs.append(tokenizer.decode(current).strip())
+            current = []
+        else:
+            current.append(token)
+    return runs
+
+
+def test_vicuna_labels_are_exactly_the_answers(data_dir, tiny_tokenizer_dir):
+    ds, tok = dataset(data_dir, tiny_tokenizer_dir, [MULTI_TURN, TEXT_ONLY])
+    item = ds[0]
+    assert labelled_runs(item, tok) == [
+        "The ball is red.</s>",
+        "There are 3 cups, next to a cat.</s>",
+        "Yes</s>",
+    ]
+    assert (item["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1 and item["image"].shape == (3, 336, 336)
+    # The ids are those of the same conversation tokenised for inference (image moved to the front).
+    text, _ = render(MULTI_TURN["conversations"], get_conv_template("v1"))
+    assert text.startswith(
+        get_conv_template("v1").system + " USER: <image>\nWhat is the colour of the ball? ASSISTANT: The ball"
+    )
+    assert item["input_ids"].tolist() == tokenizer_image_token(text, tok)
+    text_only = ds[1]
+    assert labelled_runs(text_only, tok) == ["Hello hello!</s>", "Hello.</s>"]
+    assert "image" not in text_only and not (text_only["input_ids"] == IMAGE_TOKEN_INDEX).any()
+
+
+def test_plain_labels_are_the_caption_and_newline(data_dir, tiny_tokenizer_dir):
+    ds, tok = dataset(data_dir, tiny_tokenizer_dir, [CAPTION], version="plain")
+    item = ds[0]
+    ids = item["input_ids"].tolist()
+    assert ids[:2] == [tok.bos_token_id, IMAGE_TOKEN_INDEX]  # the human text is dropped
+    assert item["labels"][:2].tolist() == [IGNORE_INDEX, IGNORE_INDEX]
+    assert tok.decode(item["labels"][2:].tolist()) == "a red ball on grass\n"
+    assert item["labels"][2:].tolist() == ids[2:]
+
+
+def test_collator_pads_and_stacks_images_in_order(data_dir, tiny_tokenizer_dir):
+    ds, _ = dataset(data_dir, tiny_tokenizer_dir, [TEXT_ONLY, MULTI_TURN, CAPTION])
+    batch = DataCollatorForSupervisedDataset(pad_token_id=0)([ds[0], ds[1], ds[2]])
+    lengths = [len(ds[i]["input_ids"]) for i in range(3)]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["images"].shape == (2, 3, 336, 336)  # two image samples, the text-only one has none
+    assert (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 2
+    assert batch["labels"][0, lengths[0] :].eq(IGNORE_INDEX).all()
+    assert ds.modality_lengths[0] < 0 < ds.modality_lengths[1]
+
+
+BAD = [
+    ({"id": "nogpt", "conversations": [{"from": "human", "value": "hi"}]}, "no 'gpt' turn"),
+    ({"id": "noimg", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "names no image file"),
+    ({"id": "missing", "image": "nope.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "nope.png is missing"),
+    ({"id": "notoken", "image": "a.png", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "no turn holds <image>"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("record", "message"), BAD, ids=[r["id"] for r, _ in BAD])
+def test_bad_samples_stop_with_the_sample_named(data_dir, tiny_tokenizer_dir, record, message):
+    with pytest.raises(
+        BadSampleError, match=rf"data.json sample 2 \(id {record['id']}\).*{message}.*--skip_bad_samples"
+    ):
+        dataset(data_dir, tiny_tokenizer_dir, [TEXT_ONLY, record])
+    ds, _ = dataset(data_dir, tiny_tokenizer_dir, [TEXT_ONLY, record, MULTI_TURN], skip_bad=True)
+    assert len(ds) == 2 and ds.skipped == 1
+
+
+def test_malformed_jsonl_line_and_corrupt_image(data_dir, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    path = data_dir / "data.jsonl"
+    path.write_text(json.dumps(TEXT_ONLY) + "\n{not json\n" + json.dumps(MULTI_TURN) + "\n")
+    with pytest.raises(BadSampleError, match=r"data.jsonl line 2: not valid JSON"):
+        LazySupervisedDataset(str(path), tok, _processor(data_dir), "v1", str(data_dir))
+    ds = LazySupervisedDataset(str(path), tok, _processor(data_dir), "v1", str(data_dir), skip_bad=True)
+    assert len(ds) == 2 and ds.skipped == 1
+
+    clean = data_dir / "clean.jsonl"
+    clean.write_text(json.dumps(TEXT_ONLY) + "\n" + json.dumps(MULTI_TURN) + "\n")
+    strict = LazySupervisedDataset(str(clean), tok, _processor(data_dir), "v1", str(data_dir))
+    (data_dir / "a.png").write_bytes(b"not a png")
+    with pytest.raises(BadSampleError, match=r"clean.jsonl line 2 \(id multi\).*a.png"):
+        strict[1]
+    assert "image" not in ds[1]  # skipped: replaced by the next usable sample (the text-only one)
+    assert ds.corrupt_images.value == 1
