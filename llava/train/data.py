@@ -149,9 +149,10 @@ def render(turns: list[dict[str, Any]], template: Conversation) -> tuple[str, li
         conv.append_message(roles[expected], text)
     if conv.sep_style == SeparatorStyle.PLAIN:
         caption = next((str(t.get("value", "")) for t in turns if t.get("from") == "gpt"), "")
-        return DEFAULT_IMAGE_TOKEN + caption + conv.sep, [
-            (len(DEFAULT_IMAGE_TOKEN), len(DEFAULT_IMAGE_TOKEN) + len(caption) + 1)
-        ]
+        prefix = (
+            DEFAULT_IMAGE_TOKEN if turns and DEFAULT_IMAGE_TOKEN in str(turns[0].get("value", "")) else ""
+        )
+        return prefix + caption + conv.sep, [(len(prefix), len(prefix) + len(caption) + len(conv.sep))]
     return _render_two(conv)
 
 

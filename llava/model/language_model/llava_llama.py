@@ -7,6 +7,7 @@ are not part of the checkpoint: they are loaded from ``mm_vision_tower``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,14 @@ from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.token_reduction import ReductionConfig
 
 VISION_TOWER_PREFIX = "model.vision_tower."
+
+
+@dataclass
+class LlavaCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus, when images were spliced, per-sample ``truncated`` and ``num_visual_tokens``."""
+
+    truncated: torch.Tensor | None = None
+    num_visual_tokens: torch.Tensor | None = None
 
 
 class LlavaConfig(LlamaConfig):
@@ -120,7 +129,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         See :func:`splice_visual_tokens`.
         """
         has_images = images is not None and len(images) > 0
-        tokens, lengths = self.encode_images(images) if has_images else self._no_images(input_ids)
+        if has_images:
+            tokens, lengths = self.encode_images(images)
+        elif self.training and self.get_vision_tower() is not None:
+            # A text-only training batch still runs the tower and projector, on zero images, so every
+            # rank takes part in the same (ZeRO-3 / DDP) collectives; no dummy image is reduced.
+            size = self.get_vision_tower().config.image_size
+            tokens, lengths = self.encode_images(torch.zeros(0, 3, size, size, device=input_ids.device))
+        else:
+            tokens, lengths = self._no_images(input_ids)
         return splice_visual_tokens(
             input_ids,
             attention_mask,
@@ -147,7 +164,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         images: torch.Tensor | None = None,
         image_sizes: Any = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> LlavaCausalLMOutput:
         """Llama's forward, after splicing ``images`` into ``input_ids`` when both are given."""
         if images is not None and inputs_embeds is None:
             spliced = self.prepare_multimodal_inputs(input_ids, attention_mask, images, labels)

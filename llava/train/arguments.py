@@ -1,0 +1,90 @@
+"""Command-line arguments of ``llava/train/train.py``: upstream LLaVA's flags, plus the token reduction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import transformers
+
+from llava.model.token_reduction import ReductionConfig
+
+
+@dataclass
+class ModelArguments:
+    """The model to build: base LLM, vision tower, projector and token reduction."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "base LLM (e.g. lmsys/vicuna-7b-v1.5) or a LLaVA checkpoint"}
+    )
+    version: str = field(default="v1", metadata={"help": "conversation template: v1 (vicuna_v1) or plain"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "freeze the language model"})
+    tune_mm_mlp_adapter: bool = field(
+        default=False, metadata={"help": "train only the projector (pretraining)"}
+    )
+    vision_tower: str | None = field(default=None, metadata={"help": "CLIP Hub id or folder"})
+    mm_vision_select_layer: int = field(default=-2)
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None, metadata={"help": "mm_projector.bin to start from"}
+    )
+    mm_projector_type: str = field(default="linear", metadata={"help": "linear, mlp2x_gelu, identity"})
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=False)
+    mm_patch_merge_type: str = field(default="flat")
+    mm_vision_select_feature: str = field(default="patch")
+    token_reduction: str = field(default="none", metadata={"help": "none, prumerge, prumerge_plus, ..."})
+    reduction_variant: str = field(default="reference", metadata={"help": "reference or paper"})
+    reduction_form: str = field(default="adaptive", metadata={"help": "PruMerge+: adaptive or fixed"})
+    reduction_budget: int | None = field(default=None, metadata={"help": "fixed visual tokens per image"})
+    reduction_num_neighbors: int = field(default=32)
+
+    def __post_init__(self) -> None:
+        self.reduction = ReductionConfig(
+            method=self.token_reduction,
+            variant=self.reduction_variant,
+            form=self.reduction_form,
+            budget=self.reduction_budget,
+            num_neighbors=self.reduction_num_neighbors,
+        )
+
+
+@dataclass
+class DataArguments:
+    """Where the data is and how images are pre-processed."""
+
+    data_path: str = field(metadata={"help": "LLaVA JSON list, JSON Lines, or a datasets folder"})
+    lazy_preprocess: bool = field(
+        default=False, metadata={"help": "accepted for upstream scripts; always lazy"}
+    )
+    is_multimodal: bool = field(default=False)
+    image_folder: str | None = field(default=None)
+    image_aspect_ratio: str = field(
+        default="square", metadata={"help": "pad (LLaVA-1.5 finetuning) or square"}
+    )
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={"help": "skip bad samples (counted) instead of stopping with the sample named"},
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """transformers' TrainingArguments plus upstream LLaVA's training flags."""
+
+    cache_dir: str | None = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    model_max_length: int = field(
+        default=512, metadata={"help": "maximum sequence length after splicing images"}
+    )
+    double_quant: bool = field(default=True)
+    quant_type: str = field(default="nf4")
+    bits: int = field(default=16)
+    lora_enable: bool = field(default=False)
+    lora_r: int = field(default=64)
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.05)
+    lora_weight_path: str = field(default="")
+    lora_bias: str = field(default="none")
+    mm_projector_lr: float | None = field(default=None)
+    group_by_modality_length: bool = field(default=False)

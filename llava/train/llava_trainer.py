@@ -1,0 +1,190 @@
+"""``LLaVATrainer``: modality-grouped sampling, a projector learning rate, and LLaVA's checkpoint formats.
+
+Checkpoints (``checkpoint-N`` and the final folder):
+
+- pretraining (``--tune_mm_mlp_adapter``): ``mm_projector.bin`` and ``config.json`` only;
+- LoRA: the PEFT adapter plus ``non_lora_trainables.bin`` (the projector) and ``config.json`` in
+  *every* checkpoint, so any of them loads with ``--model-base`` and ``--resume_from_checkpoint``
+  continues the run with its projector;
+- full finetuning: the usual transformers checkpoint.
+
+Under DeepSpeed ZeRO-3 the parameters are gathered for saving (:mod:`llava.train.zero`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from llava.train.zero import gathered_state
+
+
+def _balanced_chunks(indices: list[int], lengths: list[int], parts: int) -> list[list[int]]:
+    """Splits ``indices`` into ``parts`` lists of equal size whose total lengths are close."""
+    if len(indices) % parts:
+        return [indices[i::parts] for i in range(parts)]
+    size = len(indices) // parts
+    chunks: list[list[int]] = [[] for _ in range(parts)]
+    totals = [0] * parts
+    for index in indices:
+        best = min((k for k in range(parts) if len(chunks[k]) < size), key=lambda k: totals[k])
+        chunks[best].append(index)
+        totals[best] += lengths[index]
+    return chunks
+
+
+def _megabatches(indices: list[int], lengths: list[int], batch: int, world: int) -> list[list[int]]:
+    """Megabatches of ``batch * world`` indices, each sorted longest first and balanced over ``world``."""
+    size = batch * world
+    out = []
+    for start in range(0, len(indices), size):
+        mega = sorted(indices[start : start + size], key=lambda i: abs(lengths[i]), reverse=True)
+        out.append([i for chunk in _balanced_chunks(mega, [abs(x) for x in lengths], world) for i in chunk])
+    return out
+
+
+def modality_grouped_indices(
+    lengths: list[int], batch: int, world: int, generator: torch.Generator
+) -> list[int]:
+    """An epoch's order in which every global step is one modality (image: length > 0, text: < 0).
+
+    Within each modality: a random permutation cut into megabatches (one global step each). All
+    megabatches but the last of each modality are shuffled together; the two last ones are merged,
+    sorted by index, and come at the end.
+    """
+
+    def permuted(group: list[int]) -> list[int]:
+        return [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
+
+    image = [i for i, n in enumerate(lengths) if n > 0]
+    text = [i for i, n in enumerate(lengths) if n < 0]
+    if not image or not text:
+        return [
+            i
+            for mega in _megabatches(permuted(list(range(len(lengths)))), lengths, batch, world)
+            for i in mega
+        ]
+    image_megas = _megabatches(permuted(image), lengths, batch, world)
+    text_megas = _megabatches(permuted(text), lengths, batch, world)
+    tail = sorted(image_megas.pop() + text_megas.pop())
+    megas = image_megas + text_megas
+    megas = [megas[i] for i in torch.randperm(len(megas), generator=generator).tolist()]
+    return [i for mega in megas for i in mega] + tail
+
+
+class ModalityLengthGroupedSampler(Sampler[int]):
+    """Upstream's ``--group_by_modality_length``: single-modality global steps, similar lengths together."""
+
+    def __init__(self, lengths: list[int], batch_size: int, world_size: int, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.world_size, self.seed = lengths, batch_size, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(modality_grouped_indices(self.lengths, self.batch_size, self.world_size, generator))
+
+
+class LLaVATrainer(Trainer):
+    """transformers' Trainer with LLaVA's sampler, optimizer groups and checkpoint formats."""
+
+    def __init__(self, *args: Any, llava_config=None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.llava_config = llava_config  # the LlavaConfig written beside every checkpoint
+        self.num_truncated = 0
+
+    def _get_train_sampler(self, train_dataset=None) -> Sampler | None:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        world = (
+            self.args.world_size * self.args.gradient_accumulation_steps
+        )  # one megabatch = one global step
+        return ModalityLengthGroupedSampler(
+            dataset.modality_lengths, self.args.train_batch_size, world, self.args.seed
+        )
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """AdamW with {decay, no decay} x {language model, projector}; the projector at ``mm_projector_lr``."""
+        if self.optimizer is not None or self.args.mm_projector_lr is None:
+            return super().create_optimizer(model)
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name in decay, "mm_projector" in name), []).append(param)
+        param_groups = [
+            {"params": params, "weight_decay": self.args.weight_decay if has_decay else 0.0,
+             **({"lr": self.args.mm_projector_lr} if projector else {})}
+            for (has_decay, projector), params in groups.items()
+        ]  # fmt: skip
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        truncated = getattr(outputs, "truncated", None)
+        if truncated is not None:
+            self.num_truncated += int(truncated.sum())
+        return (loss, outputs) if return_outputs else loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        if getattr(self.llava_config, "tune_mm_mlp_adapter", False):
+            save_projector(self.model, folder, self.llava_config, self.args.should_save)
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+            return
+        super()._save_checkpoint(model, trial)
+        if self.args.lora_enable:
+            save_lora_extras(self.model, folder, self.llava_config, self.args.should_save)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        extras = os.path.join(resume_from_checkpoint, "non_lora_trainables.bin")
+        if self.args.lora_enable and os.path.isfile(extras) and not self.is_deepspeed_enabled:
+            state = torch.load(extras, map_location="cpu", weights_only=True)
+            missing, unexpected = (model or self.model).load_state_dict(state, strict=False)
+            if unexpected:
+                raise ValueError(f"{extras} holds weights this model does not have: {unexpected[:4]}")
+
+
+def _projector_only(name: str) -> bool:
+    return "mm_projector" in name
+
+
+def save_projector(model, folder: str, config, should_save: bool) -> None:
+    """Writes ``mm_projector.bin`` (keys ``model.mm_projector.*``) and ``config.json`` (gathers under ZeRO-3)."""
+    state = gathered_state(model, _projector_only)
+    if should_save:
+        os.makedirs(folder, exist_ok=True)
+        state = {
+            "model.mm_projector." + key.split("mm_projector.", 1)[1]: value for key, value in state.items()
+        }
+        torch.save(state, os.path.join(folder, "mm_projector.bin"))
+        config.save_pretrained(folder)
+
+
+def save_lora_extras(model, folder: str, config, should_save: bool) -> None:
+    """Writes ``non_lora_trainables.bin`` (trainable non-LoRA weights, PEFT key names) and ``config.json``."""
+    state = gathered_state(model, lambda name: "lora_" not in name, trainable_only=True)
+    if should_save:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(state, os.path.join(folder, "non_lora_trainables.bin"))
+        config.save_pretrained(folder)

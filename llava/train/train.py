@@ -1,0 +1,202 @@
+"""Train LLaVA-1.5: projector pretraining, full finetuning or LoRA finetuning, with token reduction in the loop.
+
+Upstream's flags keep their names and meanings (see ``scripts/v1_5/*.sh``), plus ``--token_reduction``,
+``--reduction_variant``, ``--reduction_form``, ``--reduction_budget`` and ``--skip_bad_samples``::
+
+    deepspeed llava/train/train_mem.py --deepspeed scripts/zero3.json --lora_enable True ... \\
+        --token_reduction prumerge_plus --reduction_variant reference
+
+One entry point, four steps: :func:`setup` (tokenizer, model, data), :func:`train`, :func:`save`,
+:func:`cleanup`. The reduction used is written into every saved ``config.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from llava.model import LlavaConfig, LlavaLlamaForCausalLM, register_auto_classes
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
+from llava.train.llava_trainer import LLaVATrainer, save_lora_extras, save_projector
+
+logger = logging.getLogger("llava.train")
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built once."""
+
+    model: Any
+    tokenizer: Any
+    config: LlavaConfig
+    dataset: LazySupervisedDataset
+    trainer: LLaVATrainer
+
+
+def llava_config(
+    model_args: ModelArguments, training_args: TrainingArguments, data_args: DataArguments
+) -> LlavaConfig:
+    """The base model's config with the ``mm_*`` fields of this run (a LLaVA checkpoint keeps its tower)."""
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    base = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    values = base.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "text_config", "vision_config"):
+        values.pop(key, None)
+    config = LlavaConfig.from_dict(values)
+    tower = model_args.vision_tower or getattr(config, "mm_vision_tower", None)
+    if tower is None:
+        raise ValueError("--vision_tower is required (e.g. openai/clip-vit-large-patch14-336).")
+    config.mm_vision_tower = tower
+    config.mm_hidden_size = CLIPVisionConfig.from_pretrained(tower).hidden_size
+    config.mm_vision_select_layer = model_args.mm_vision_select_layer
+    config.mm_vision_select_feature = model_args.mm_vision_select_feature
+    config.mm_projector_type = model_args.mm_projector_type
+    config.mm_use_im_start_end = model_args.mm_use_im_start_end
+    config.mm_use_im_patch_token = model_args.mm_use_im_patch_token
+    config.mm_patch_merge_type = model_args.mm_patch_merge_type
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.tokenizer_model_max_length = training_args.model_max_length
+    config.tokenizer_padding_side = "right"
+    config.use_mm_proj = True
+    config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    config.mm_projector_lr = training_args.mm_projector_lr
+    config.mm_token_reduction = model_args.reduction.to_dict()
+    config.use_cache = False
+    return config
+
+
+def build_model(model_args: ModelArguments, training_args: TrainingArguments, config: LlavaConfig):
+    """The LLaVA model on the base weights, with the CLIP weights, the projector and the trainable set."""
+    from llava.model.builder import _load_projector, _read_state
+
+    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    model = LlavaLlamaForCausalLM.from_pretrained(
+        model_args.model_name_or_path, config=config, dtype=dtype, cache_dir=training_args.cache_dir
+    )
+    model.get_vision_tower().load_model()
+    model.get_vision_tower().to(dtype=dtype)
+    if model_args.pretrain_mm_mlp_adapter:
+        path = Path(model_args.pretrain_mm_mlp_adapter)
+        _load_projector(model, _read_state(path), path)
+    model.requires_grad_(not (model_args.freeze_backbone or model_args.tune_mm_mlp_adapter))
+    model.get_vision_tower().requires_grad_(False)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if training_args.lora_enable:
+        model = add_lora(model, training_args)
+    projector = (
+        model.get_model().mm_projector
+        if not training_args.lora_enable
+        else model.base_model.model.get_model().mm_projector
+    )
+    projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    return model
+
+
+def add_lora(model, training_args: TrainingArguments):
+    """LoRA on every Linear of the language model (not the tower, the projector or ``lm_head``)."""
+    from peft import LoraConfig, get_peft_model
+
+    skip = ("mm_projector", "vision_tower", "lm_head")
+    targets = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+         if isinstance(module, torch.nn.Linear) and not any(s in name for s in skip)}
+    )  # fmt: skip
+    lora = LoraConfig(
+        r=training_args.lora_r,
+        lora_alpha=training_args.lora_alpha,
+        lora_dropout=training_args.lora_dropout,
+        bias=training_args.lora_bias,
+        target_modules=targets,
+        exclude_modules=r".*(vision_tower|mm_projector).*",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def setup(argv: list[str] | None = None) -> Setup:
+    """Parses the flags and builds tokenizer, model, dataset and trainer."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    register_auto_classes()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length, padding_side="right",
+    )  # fmt: skip
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # LLaVA-1.5: pad = unk (id 0)
+    config = llava_config(model_args, training_args, data_args)
+    model = build_model(model_args, training_args, config)
+    from llava.mm_utils import load_image_processor
+
+    dataset = LazySupervisedDataset(
+        data_args.data_path, tokenizer, load_image_processor(config.mm_vision_tower), model_args.version,
+        data_args.image_folder, data_args.image_aspect_ratio, skip_bad=data_args.skip_bad_samples,
+    )  # fmt: skip
+    trainer = LLaVATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSupervisedDataset(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        llava_config=config,
+    )
+    return Setup(model, tokenizer, config, dataset, trainer)
+
+
+def train(run: Setup) -> None:
+    """Trains, resuming from ``--resume_from_checkpoint`` (a path, or True for the latest checkpoint)."""
+    resume = run.trainer.args.resume_from_checkpoint
+    if resume in ("True", "true"):
+        resume = True
+    run.trainer.train(resume_from_checkpoint=resume)
+
+
+def save(run: Setup) -> None:
+    """Writes the final checkpoint in LLaVA's format for this kind of run (see ``llava_trainer``)."""
+    args, out = run.trainer.args, run.trainer.args.output_dir
+    run.model.config.use_cache = True
+    run.config.use_cache = True
+    if run.config.tune_mm_mlp_adapter:
+        save_projector(run.model, out, run.config, args.should_save)
+    elif args.lora_enable:
+        run.trainer.save_model(out)  # the PEFT adapter (gathered under ZeRO-3)
+        save_lora_extras(run.model, out, run.config, args.should_save)
+    else:
+        run.trainer.save_model(out)
+    if args.should_save:
+        run.tokenizer.save_pretrained(out)
+
+
+def cleanup(run: Setup) -> None:
+    """Reports what was skipped or cut, so no sample is lost silently."""
+    skipped = run.dataset.skipped + run.dataset.corrupt_images.value
+    if skipped:
+        logger.warning("Skipped %d bad sample(s) (see the warnings above).", skipped)
+    if run.trainer.num_truncated:
+        logger.warning(
+            "%d sample(s) were cut at --model_max_length %d (visual tokens included).",
+            run.trainer.num_truncated, run.trainer.args.model_max_length,
+        )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    run = setup(argv)
+    train(run)
+    save(run)
+    cleanup(run)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(sys.argv[1:])

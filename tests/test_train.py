@@ -1,0 +1,141 @@
+"""Training on CPU: LoRA with PruMerge+ learns, pretraining saves only the projector, checkpoints load and resume."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from llava.train.train import main
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_tokenizer_dir):
+    """A base LLM, a tiny CLIP tower and a small dataset of coloured-square questions."""
+    from llava.tiny import save_tiny_clip
+
+    root = tmp_path_factory.mktemp("train")
+    base = root / "base"
+    torch.manual_seed(0)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, bos_token_id=1,
+                                 eos_token_id=2)).save_pretrained(base)  # fmt: skip
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_tokenizer_dir / name, base / name)
+    clip = save_tiny_clip(root / "clip", num_layers=4)
+    images = root / "images"
+    images.mkdir()
+    rng = random.Random(0)
+    records = []
+    for i in range(24):
+        colour = rng.choice(sorted(COLOURS))
+        image = Image.new("RGB", (96, 96), (235, 235, 235))
+        ImageDraw.Draw(image).rectangle([20, 20, 70, 70], fill=COLOURS[colour])
+        image.save(images / f"{i}.png")
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the square?"}, {"from": "gpt", "value": colour}]})  # fmt: skip
+    records.append(
+        {
+            "id": "t",
+            "conversations": [{"from": "human", "value": "Say yes."}, {"from": "gpt", "value": "yes"}],
+        }
+    )
+    (root / "data.json").write_text(json.dumps(records))
+    return root, base, clip
+
+
+def common_args(root, base, clip, out, *extra):
+    return [
+        "--model_name_or_path", str(base), "--vision_tower", str(clip), "--data_path", str(root / "data.json"),
+        "--image_folder", str(root / "images"), "--mm_projector_type", "mlp2x_gelu", "--image_aspect_ratio", "pad",
+        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none",
+        "--model_max_length", "1024", "--dataloader_num_workers", "0", "--seed", "0", "--use_cpu", "True",
+        "--save_strategy", "no", *extra,
+    ]  # fmt: skip
+
+
+def losses(out) -> dict[int, float]:
+    state = (
+        json.loads((out / "trainer_state.json").read_text())
+        if (out / "trainer_state.json").is_file()
+        else None
+    )
+    history = state["log_history"] if state else []
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(workspace, tmp_path):
+    root, base, clip = workspace
+    out = tmp_path / "lora"
+    main(common_args(root, base, clip, out, "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
+                     "--learning_rate", "1e-2", "--mm_projector_lr", "1e-2", "--max_steps", "30", "--version", "v1",
+                     "--token_reduction", "prumerge_plus", "--group_by_modality_length", "True",
+                     "--save_strategy", "steps", "--save_steps", "15"))  # fmt: skip
+    history = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())["log_history"]
+    loss = [h["loss"] for h in history if "loss" in h]
+    assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 0.4, loss  # a random 2-layer LLM learns slowly under LoRA
+    for folder in (out, out / "checkpoint-15"):
+        assert (folder / "adapter_config.json").is_file() and (folder / "non_lora_trainables.bin").is_file()
+        config = json.loads((folder / "config.json").read_text())
+        assert config["mm_token_reduction"]["method"] == "prumerge_plus"
+
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(out), str(base), device="cpu")
+    assert model.get_vision_tower().reduction.method == "prumerge_plus"
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    prompt = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: <image>\nWhat colour is the square? ASSISTANT:"
+    ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
+    pixels = process_images([Image.open(root / "images" / "0.png")], processor)
+    answer = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
+    assert answer.shape[0] == 1 and answer.shape[1] >= 1
+
+
+def test_pretraining_saves_only_the_projector(workspace, tmp_path):
+    root, base, clip = workspace
+    out = tmp_path / "pretrain"
+    main(common_args(root, base, clip, out, "--tune_mm_mlp_adapter", "True", "--version", "plain",
+                     "--learning_rate", "1e-3", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"))  # fmt: skip
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        ["config.json", "mm_projector.bin", "tokenizer.json", "tokenizer_config.json"]
+    )
+    assert sorted(p.name for p in (out / "checkpoint-2").iterdir()) == [
+        "config.json",
+        "mm_projector.bin",
+        "trainer_state.json",
+    ]
+    state = torch.load(out / "mm_projector.bin")
+    assert sorted(state) == [
+        "model.mm_projector.0.bias",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.2.bias",
+        "model.mm_projector.2.weight",
+    ]
+
+
+def test_lora_resume_reproduces_the_uninterrupted_losses(workspace, tmp_path):
+    root, base, clip = workspace
+    args = ["--lora_enable", "True", "--lora_r", "8", "--learning_rate", "1e-3", "--max_steps", "6",
+            "--save_strategy", "steps", "--save_steps", "3", "--token_reduction", "prumerge"]  # fmt: skip
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    main(common_args(root, base, clip, full, *args))
+    # An interrupted run: only its checkpoint-3 survives. Resume it and compare the next losses.
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    assert (resumed / "checkpoint-3" / "non_lora_trainables.bin").is_file()
+    main(
+        common_args(
+            root, base, clip, resumed, *args, "--resume_from_checkpoint", str(resumed / "checkpoint-3")
+        )
+    )
+    expected = losses(full / "checkpoint-6")
+    got = losses(resumed / "checkpoint-6")
+    assert [round(got[s], 4) for s in (4, 5, 6)] == [round(expected[s], 4) for s in (4, 5, 6)]
