@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import transformers
@@ -88,3 +89,12 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = field(default="none")
     mm_projector_lr: float | None = field(default=None)
     group_by_modality_length: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.tf32 and not torch.cuda.is_available():
+            # The published scripts pass --tf32 True; on a machine without CUDA it has no meaning.
+            warnings.warn("--tf32 ignored: no CUDA device.", stacklevel=2)
+            self.tf32 = False
+        super().__post_init__()

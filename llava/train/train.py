@@ -74,14 +74,20 @@ def llava_config(
     return config
 
 
-def build_model(model_args: ModelArguments, training_args: TrainingArguments, config: LlavaConfig):
+def build_model(
+    model_args: ModelArguments,
+    training_args: TrainingArguments,
+    config: LlavaConfig,
+    attn_implementation: str | None,
+):
     """The LLaVA model on the base weights, with the CLIP weights, the projector and the trainable set."""
     from llava.model.builder import _load_projector, _read_state
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = LlavaLlamaForCausalLM.from_pretrained(
-        model_args.model_name_or_path, config=config, dtype=dtype, cache_dir=training_args.cache_dir
-    )
+        model_args.model_name_or_path, config=config, dtype=dtype, cache_dir=training_args.cache_dir,
+        attn_implementation=attn_implementation,
+    )  # fmt: skip
     model.get_vision_tower().load_model()
     model.get_vision_tower().to(dtype=dtype)
     if model_args.pretrain_mm_mlp_adapter:
@@ -123,8 +129,8 @@ def add_lora(model, training_args: TrainingArguments):
     return get_peft_model(model, lora)
 
 
-def setup(argv: list[str] | None = None) -> Setup:
-    """Parses the flags and builds tokenizer, model, dataset and trainer."""
+def setup(argv: list[str] | None = None, attn_implementation: str | None = None) -> Setup:
+    """Parses the flags and builds tokenizer, model, dataset and trainer (``sdpa`` attention by default)."""
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
@@ -136,7 +142,7 @@ def setup(argv: list[str] | None = None) -> Setup:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token  # LLaVA-1.5: pad = unk (id 0)
     config = llava_config(model_args, training_args, data_args)
-    model = build_model(model_args, training_args, config)
+    model = build_model(model_args, training_args, config, attn_implementation)
     from llava.mm_utils import load_image_processor
 
     dataset = LazySupervisedDataset(
@@ -190,8 +196,8 @@ def cleanup(run: Setup) -> None:
         )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    run = setup(argv)
+def main(argv: list[str] | None = None, attn_implementation: str | None = None) -> None:
+    run = setup(argv, attn_implementation)
     train(run)
     save(run)
     cleanup(run)
