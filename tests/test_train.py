@@ -1,55 +1,14 @@
 """Training on CPU: LoRA with PruMerge+ learns, pretraining saves only the projector, checkpoints load and resume."""
 
 import json
-import random
 import shutil
 
-import pytest
 import torch
-from PIL import Image, ImageDraw
-from transformers import LlamaConfig, LlamaForCausalLM
+from PIL import Image
 
 from llava.train.train import main
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_tokenizer_dir):
-    """A base LLM, a tiny CLIP tower and a small dataset of coloured-square questions."""
-    from llava.tiny import save_tiny_clip
-
-    root = tmp_path_factory.mktemp("train")
-    base = root / "base"
-    torch.manual_seed(0)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, bos_token_id=1,
-                                 eos_token_id=2)).save_pretrained(base)  # fmt: skip
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_tokenizer_dir / name, base / name)
-    clip = save_tiny_clip(root / "clip", num_layers=4)
-    images = root / "images"
-    images.mkdir()
-    rng = random.Random(0)
-    records = []
-    for i in range(24):
-        colour = rng.choice(sorted(COLOURS))
-        image = Image.new("RGB", (96, 96), (235, 235, 235))
-        ImageDraw.Draw(image).rectangle([20, 20, 70, 70], fill=COLOURS[colour])
-        image.save(images / f"{i}.png")
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour is the square?"}, {"from": "gpt", "value": colour}]})  # fmt: skip
-    records.append(
-        {
-            "id": "t",
-            "conversations": [{"from": "human", "value": "Say yes."}, {"from": "gpt", "value": "yes"}],
-        }
-    )
-    (root / "data.json").write_text(json.dumps(records))
-    return root, base, clip
 
 
 def common_args(root, base, clip, out, *extra):
@@ -72,8 +31,8 @@ def losses(out) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
-def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(workspace, tmp_path):
-    root, base, clip = workspace
+def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_path):
+    root, base, clip = train_workspace
     out = tmp_path / "lora"
     main(common_args(root, base, clip, out, "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
                      "--learning_rate", "1e-2", "--mm_projector_lr", "1e-2", "--max_steps", "30", "--version", "v1",
@@ -100,8 +59,8 @@ def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(workspace, tmp_path):
     assert answer.shape[0] == 1 and answer.shape[1] >= 1
 
 
-def test_pretraining_saves_only_the_projector(workspace, tmp_path):
-    root, base, clip = workspace
+def test_pretraining_saves_only_the_projector(train_workspace, tmp_path):
+    root, base, clip = train_workspace
     out = tmp_path / "pretrain"
     main(common_args(root, base, clip, out, "--tune_mm_mlp_adapter", "True", "--version", "plain",
                      "--learning_rate", "1e-3", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"))  # fmt: skip
@@ -122,8 +81,8 @@ def test_pretraining_saves_only_the_projector(workspace, tmp_path):
     ]
 
 
-def test_lora_resume_reproduces_the_uninterrupted_losses(workspace, tmp_path):
-    root, base, clip = workspace
+def test_lora_resume_reproduces_the_uninterrupted_losses(train_workspace, tmp_path):
+    root, base, clip = train_workspace
     args = ["--lora_enable", "True", "--lora_r", "8", "--learning_rate", "1e-3", "--max_steps", "6",
             "--save_strategy", "steps", "--save_steps", "3", "--token_reduction", "prumerge"]  # fmt: skip
     full, resumed = tmp_path / "full", tmp_path / "resumed"

@@ -143,8 +143,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_projector(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Loads ``mm_projector`` weights from keys such as ``[base_model.model.]model.mm_projector.0.weight``."""
+def projector_state(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The ``mm_projector`` weights of ``state`` (keys like ``[base_model.model.]model.mm_projector.0.weight``),
+    keyed relative to the projector."""
     projector = {}
     for key, value in state.items():
         name = key.removeprefix("base_model.model.").removeprefix("base_model.")
@@ -152,7 +153,11 @@ def _load_projector(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor]
             projector[name.split("mm_projector.", 1)[1]] = value
     if not projector:
         raise ValueError(f"{source} holds no mm_projector weights (keys: {list(state)[:4]} ...).")
-    model.get_model().mm_projector.load_state_dict(projector, strict=True)
+    return projector
+
+
+def _load_projector(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor], source: Path) -> None:
+    model.get_model().mm_projector.load_state_dict(projector_state(state, source), strict=True)
 
 
 def _from_pretrained(folder: Path, config: LlavaConfig, **kwargs: Any) -> LlavaLlamaForCausalLM:

@@ -89,12 +89,28 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = field(default="none")
     mm_projector_lr: float | None = field(default=None)
     group_by_modality_length: bool = field(default=False)
+    warmup_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "upstream's flag: warmup as a fraction of the steps (transformers 5: warmup_steps < 1)"
+        },
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "upstream's name of --eval_strategy"}
+    )
 
     def __post_init__(self) -> None:
         import torch
+
+        if self.warmup_ratio is not None:
+            self.warmup_steps = self.warmup_ratio
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
 
         if self.tf32 and not torch.cuda.is_available():
             # The published scripts pass --tf32 True; on a machine without CUDA it has no meaning.
             warnings.warn("--tf32 ignored: no CUDA device.", stacklevel=2)
             self.tf32 = False
+        if self.deepspeed and not torch.cuda.is_available():
+            self.use_cpu = True  # DeepSpeed's CPU accelerator (gloo): accelerate must see a multi-CPU run
         super().__post_init__()

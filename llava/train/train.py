@@ -26,6 +26,7 @@ from llava.model import LlavaConfig, LlavaLlamaForCausalLM, register_auto_classe
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from llava.train.llava_trainer import LLaVATrainer, save_lora_extras, save_projector
+from llava.train.zero import init_deepspeed_distributed, load_into
 
 logger = logging.getLogger("llava.train")
 
@@ -81,18 +82,18 @@ def build_model(
     attn_implementation: str | None,
 ):
     """The LLaVA model on the base weights, with the CLIP weights, the projector and the trainable set."""
-    from llava.model.builder import _load_projector, _read_state
+    from llava.model.builder import _read_state, projector_state
 
     dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = LlavaLlamaForCausalLM.from_pretrained(
         model_args.model_name_or_path, config=config, dtype=dtype, cache_dir=training_args.cache_dir,
         attn_implementation=attn_implementation,
     )  # fmt: skip
-    model.get_vision_tower().load_model()
-    model.get_vision_tower().to(dtype=dtype)
+    tower = model.get_vision_tower()
+    load_into(tower.vision_tower, tower.pretrained_state_dict())
     if model_args.pretrain_mm_mlp_adapter:
         path = Path(model_args.pretrain_mm_mlp_adapter)
-        _load_projector(model, _read_state(path), path)
+        load_into(model.get_model().mm_projector, projector_state(_read_state(path), path))
     model.requires_grad_(not (model_args.freeze_backbone or model_args.tune_mm_mlp_adapter))
     model.get_vision_tower().requires_grad_(False)
     if training_args.gradient_checkpointing:
@@ -126,11 +127,15 @@ def add_lora(model, training_args: TrainingArguments):
         exclude_modules=r".*(vision_tower|mm_projector).*",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    # Adapters in the model dtype (not upcast to float32): ZeRO-3 needs one dtype across trainable weights.
+    return get_peft_model(model, lora, autocast_adapter_dtype=False)
 
 
 def setup(argv: list[str] | None = None, attn_implementation: str | None = None) -> Setup:
     """Parses the flags and builds tokenizer, model, dataset and trainer (``sdpa`` attention by default)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("--deepspeed") for a in argv):
+        init_deepspeed_distributed()
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)

@@ -26,3 +26,34 @@ def gathered_state(
         for name, param in model.named_parameters()
         if keep(name) and (param.requires_grad or not trainable_only)
     }
+
+
+def init_deepspeed_distributed() -> None:
+    """Starts DeepSpeed's process group before the training arguments are built.
+
+    On a machine without CUDA, DeepSpeed runs on its CPU accelerator over gloo; transformers loads the
+    model under ``deepspeed.zero.Init``, which needs the process group to exist already (accelerate only
+    creates torch's). With CUDA, the Trainer sets everything up itself.
+    """
+    if torch.cuda.is_available():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(state, strict=True)``, also when ZeRO-3 has partitioned ``module``.
+
+    Partitioned parameters are gathered, loaded on rank 0 and re-partitioned (every rank must call this).
+    """
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        module.load_state_dict(state, strict=True)
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            module.load_state_dict(state, strict=True)

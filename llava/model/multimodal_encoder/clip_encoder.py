@@ -105,20 +105,38 @@ class CLIPVisionTower(nn.Module):
                     "Token reduction works on patch tokens: set mm_vision_select_feature='patch'."
                 )
 
+    def pretrained_state_dict(self, path: str | None = None) -> dict[str, torch.Tensor]:
+        """The pretrained CLIP vision weights of ``path`` (default: the tower's own name), keyed like ``vision_tower``.
+
+        Read from the checkpoint files directly (a ``CLIPVisionModel`` or full ``CLIPModel`` folder or Hub id),
+        so nothing is built: this also works while DeepSpeed ZeRO-3 partitions every new module.
+        """
+        folder = Path(path or self.vision_tower_name)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(folder), allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        wanted = set(self.vision_tower.state_dict())
+        state = {}
+        for file in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")):
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                shard = load_file(file)
+            else:
+                shard = torch.load(file, map_location="cpu", weights_only=True)
+            for key, value in shard.items():
+                name = key.removeprefix("vision_model.")
+                if name in wanted:
+                    state[name] = value.float()
+        missing = sorted(wanted - set(state))
+        if missing:
+            raise ValueError(f"The CLIP checkpoint at {folder} lacks vision weights: {missing[:4]} ...")
+        return state
+
     def load_model(self, path: str | None = None) -> None:
         """Loads the pretrained CLIP weights from ``path`` (default: the tower's own name)."""
-        from transformers.utils import logging as hf_logging
-
-        source = path or self.vision_tower_name
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a full CLIP checkpoint's text weights are expected to be unused
-        try:
-            pretrained = CLIPVisionModel.from_pretrained(source, dtype=torch.float32)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        missing, unexpected = self.vision_tower.load_state_dict(pretrained.state_dict(), strict=False)
-        if missing:
-            raise ValueError(f"The CLIP checkpoint at {source!r} lacks weights: {missing[:5]} ...")
+        self.vision_tower.load_state_dict(self.pretrained_state_dict(path), strict=True)
         self.vision_tower.requires_grad_(False)
 
     @property
