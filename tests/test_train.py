@@ -34,7 +34,7 @@ def losses(out) -> dict[int, float]:
 def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_path):
     root, base, clip = train_workspace
     out = tmp_path / "lora"
-    main(common_args(root, base, clip, out, "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
+    run = main(common_args(root, base, clip, out, "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
                      "--learning_rate", "1e-2", "--mm_projector_lr", "1e-2", "--max_steps", "30", "--version", "v1",
                      "--token_reduction", "prumerge_plus", "--group_by_modality_length", "True",
                      "--save_strategy", "steps", "--save_steps", "15"))  # fmt: skip
@@ -46,9 +46,25 @@ def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_
         config = json.loads((folder / "config.json").read_text())
         assert config["mm_token_reduction"]["method"] == "prumerge_plus"
 
+    lrs = sorted({group["lr"] for group in run.trainer.optimizer.param_groups})
+    projector_group = [
+        g
+        for g in run.trainer.optimizer.param_groups
+        if any(p is run.model.base_model.model.get_model().mm_projector[0].weight for p in g["params"])
+    ]
+    assert len(projector_group) == 1 and len(run.trainer.optimizer.param_groups) >= 2 and lrs
+
     from llava.model.builder import load_pretrained_model
 
-    tokenizer, model, processor, _ = load_pretrained_model(str(out), str(base), device="cpu")
+    merged = tmp_path / "merged"  # save -> merge -> load -> generate
+    from importlib.util import module_from_spec, spec_from_file_location
+    from pathlib import Path
+
+    spec = spec_from_file_location("merge", Path(__file__).parents[1] / "scripts" / "merge_lora_weights.py")
+    merge = module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    merge.main(["--model-path", str(out), "--model-base", str(base), "--save-model-path", str(merged)])
+    tokenizer, model, processor, _ = load_pretrained_model(str(merged), device="cpu")
     assert model.get_vision_tower().reduction.method == "prumerge_plus"
     from llava.mm_utils import process_images, tokenizer_image_token
 
@@ -98,3 +114,21 @@ def test_lora_resume_reproduces_the_uninterrupted_losses(train_workspace, tmp_pa
     expected = losses(full / "checkpoint-6")
     got = losses(resumed / "checkpoint-6")
     assert [round(got[s], 4) for s in (4, 5, 6)] == [round(expected[s], 4) for s in (4, 5, 6)]
+
+
+def test_truncated_samples_are_counted(train_workspace, tmp_path):
+    root, base, clip = train_workspace
+    run = main(common_args(root, base, clip, tmp_path / "short", "--max_steps", "2", "--lora_enable", "True",
+                           "--model_max_length", "64"))  # fmt: skip
+    assert run.trainer.num_truncated > 0  # 576 visual tokens do not fit in 64
+
+
+def test_modality_grouped_order():
+    from llava.train.llava_trainer import modality_grouped_indices
+
+    lengths = [5, -3, 7, 2, -4, 9, 1, -8, 6, 3, -2, 4, 8]  # > 0: image samples, < 0: text only
+    order = modality_grouped_indices(lengths, batch=2, world=2, generator=torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(len(lengths)))
+    steps = [order[i : i + 4] for i in range(0, len(order), 4)]
+    mixed = [s for s in steps if len({lengths[i] > 0 for i in s}) > 1]
+    assert len(mixed) <= 1 and (not mixed or mixed[0] == steps[-1] or steps.index(mixed[0]) >= len(steps) - 2)

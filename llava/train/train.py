@@ -138,6 +138,8 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
         init_deepspeed_distributed()
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.bits != 16:
+        raise ValueError("--bits 4/8 (QLoRA) is not supported; train LoRA in bf16 (--bits 16).")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     register_auto_classes()
     tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -201,11 +203,13 @@ def cleanup(run: Setup) -> None:
         )  # fmt: skip
 
 
-def main(argv: list[str] | None = None, attn_implementation: str | None = None) -> None:
+def main(argv: list[str] | None = None, attn_implementation: str | None = None) -> Setup:
+    """Runs one training job; returns its :class:`Setup` (model, trainer, counts) for callers and tests."""
     run = setup(argv, attn_implementation)
     train(run)
     save(run)
     cleanup(run)
+    return run
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@ from llava.model.token_reduction import ReductionConfig
 VISION_TOWER_PREFIX = "model.vision_tower."
 
 
+def _multi_process() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 @dataclass
 class LlavaCausalLMOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus, when images were spliced, per-sample ``truncated`` and ``num_visual_tokens``."""
@@ -131,11 +139,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         has_images = images is not None and len(images) > 0
         if has_images:
             tokens, lengths = self.encode_images(images)
-        elif self.training and self.get_vision_tower() is not None:
-            # A text-only training batch still runs the tower and projector, on zero images, so every
-            # rank takes part in the same (ZeRO-3 / DDP) collectives; no dummy image is reduced.
+        elif self.training and self.get_vision_tower() is not None and _multi_process():
+            # A text-only batch on one rank of a multi-process run: run the tower and projector on one
+            # blank image and splice none of its tokens, so every rank takes part in the same ZeRO-3 /
+            # DDP collectives. The sample itself gets no image tokens.
             size = self.get_vision_tower().config.image_size
-            tokens, lengths = self.encode_images(torch.zeros(0, 3, size, size, device=input_ids.device))
+            blank = torch.zeros(1, 3, size, size, device=input_ids.device)
+            tokens, lengths = self.encode_images(blank)
+            tokens, lengths = tokens[:0], lengths[:0]
         else:
             tokens, lengths = self._no_images(input_ids)
         return splice_visual_tokens(
@@ -165,8 +176,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         image_sizes: Any = None,
         **kwargs: Any,
     ) -> LlavaCausalLMOutput:
-        """Llama's forward, after splicing ``images`` into ``input_ids`` when both are given."""
-        if images is not None and inputs_embeds is None:
+        """Llama's forward, after splicing ``images`` into ``input_ids``.
+
+        Splicing happens when ``images`` are given, and in training for every batch (a text-only batch
+        splices zero images). The output adds ``truncated`` and ``num_visual_tokens`` per sample.
+        """
+        spliced = None
+        if inputs_embeds is None and input_ids is not None and (images is not None or self.training):
             spliced = self.prepare_multimodal_inputs(input_ids, attention_mask, images, labels)
             input_ids, inputs_embeds = None, spliced.inputs_embeds
             attention_mask, position_ids, labels = (
@@ -174,7 +190,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 spliced.position_ids,
                 spliced.labels,
             )
-        return super().forward(
+        out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -182,6 +198,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             inputs_embeds=inputs_embeds,
             labels=labels,
             **kwargs,
+        )
+        return LlavaCausalLMOutput(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            truncated=None if spliced is None else spliced.truncated,
+            num_visual_tokens=None if spliced is None else spliced.num_visual_tokens,
         )
 
     @torch.no_grad()
