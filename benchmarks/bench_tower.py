@@ -261,7 +261,7 @@ def reducer_inputs(tower: CLIPVisionTower, hidden: torch.Tensor, variant: str) -
     """The reducer's inputs for captured ``hidden`` states, with the class attention of ``variant``."""
     tower.set_reduction({"method": "prumerge", "variant": variant})
     with torch.no_grad():
-        attention, keys = tower.attention_and_keys(hidden)
+        attention, keys, _ = tower.attention_and_keys(hidden)
     return ReducerInputs(features=hidden[:, 1:], attention=attention, keys=keys, grid=tower.grid)
 
 

@@ -111,5 +111,5 @@ def test_features_and_keys_are_the_authors(reference):
     model = tower({"method": "prumerge"})
     hidden = model.encode(pixels["coffee"])
     torch.testing.assert_close(hidden[0, 1:], outputs["coffee/features"], atol=1e-5, rtol=1e-5)
-    _, keys = model.attention_and_keys(hidden)
+    _, keys, _ = model.attention_and_keys(hidden)
     torch.testing.assert_close(keys[0], outputs["coffee/k23"][1:], atol=1e-5, rtol=1e-5)

@@ -276,7 +276,7 @@ def test_unknown_method_and_bad_options_are_clear():
     with pytest.raises(ValueError, match="needs a token budget"):
         ReductionConfig("sequential")
     with pytest.raises(ValueError, match="Unknown token-reduction option"):
-        ReductionConfig.from_value({"method": "prumerge", "ratio": 0.1})
+        ReductionConfig.from_value({"method": "prumerge", "keep": 0.1})
     assert set(available_reducers()) >= {"none", "prumerge", "prumerge_plus", "aits", "sequential", "spatial"}
 
 
@@ -295,3 +295,12 @@ def test_config_replace_drops_options_of_the_old_method():
     assert budgeted.replace(method="prumerge_plus").budget == 64
     assert budgeted.replace(method="none").budget is None
     assert budgeted.replace(variant="paper") == ReductionConfig("prumerge", variant="paper", budget=64)
+
+
+def test_ratio_is_a_budget_relative_to_n():
+    inputs = random_inputs(batch=2, n=144)
+    out = reduce(inputs, ReductionConfig("aits", ratio=0.25))
+    assert out.lengths.tolist() == [36, 36]
+    assert ReductionConfig("sequential", ratio=0.5).for_tokens(576).budget == 288
+    with pytest.raises(ValueError, match="not both"):
+        ReductionConfig("aits", ratio=0.5, budget=3)

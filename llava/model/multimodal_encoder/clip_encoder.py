@@ -186,15 +186,18 @@ class CLIPVisionTower(nn.Module):
             hidden = layer(hidden, None)
         return hidden
 
-    def attention_and_keys(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class attention ``[B, N]`` and patch keys ``[B, N, D]`` (float32) of the next layer."""
+    def attention_and_keys(
+        self, hidden: torch.Tensor, with_values: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Class attention ``[B, N]``, patch keys ``[B, N, D]`` and (optionally) values of the next layer, float32."""
         layer = self.vision_tower.encoder.layers[self.num_layers_run]
         normed = layer.layer_norm1(hidden)  # [B, 1 + N, D]
         query_cls = layer.self_attn.q_proj(normed[:, 0])  # [B, D]
         keys = layer.self_attn.k_proj(normed).float()  # [B, 1 + N, D]
         heads = layer.self_attn.num_heads
         attention = class_attention(query_cls, keys, heads, self.reduction.variant)
-        return attention, keys[:, 1:]
+        values = layer.self_attn.v_proj(normed[:, 1:]).float() if with_values else None  # [B, N, D]
+        return attention, keys[:, 1:], values
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> VisionTowerOutput:
@@ -208,11 +211,13 @@ class CLIPVisionTower(nn.Module):
         """
         hidden = self.encode(pixel_values)  # [B, 1 + N, D]
         features = hidden[:, 1:] if self.select_feature == "patch" else hidden
-        attention = keys = None
+        attention = keys = values = None
         if self.reducer.needs_attention:
-            attention, keys = self.attention_and_keys(hidden)
-        inputs = ReducerInputs(features=features, attention=attention, keys=keys, grid=self.grid)
-        out = self.reducer.fn(inputs, self.reduction)
+            attention, keys, values = self.attention_and_keys(hidden, self.reducer.needs_values)
+        inputs = ReducerInputs(
+            features=features, attention=attention, keys=keys, grid=self.grid, values=values
+        )
+        out = self.reducer.fn(inputs, self.reduction.for_tokens(features.shape[1]))
         return VisionTowerOutput(out.tokens, out.lengths, out.indices, attention)
 
 

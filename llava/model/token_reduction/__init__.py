@@ -26,5 +26,5 @@ __all__ = [
 
 
 def reduce(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    """Runs the reducer named by ``config.method`` on ``inputs``."""
-    return get_reducer(config.method).fn(inputs, config)
+    """Runs the reducer named by ``config.method`` on ``inputs`` (a ``ratio`` is resolved against N)."""
+    return get_reducer(config.method).fn(inputs, config.for_tokens(inputs.features.shape[1]))

@@ -27,6 +27,8 @@ class ReductionConfig:
         budget: a fixed number of output tokens per image. Replaces the IQR outlier count by the top
             tokens by class attention, so methods can be compared at equal budgets. ``None`` keeps
             each method's adaptive count. Required by ``sequential``; ``spatial`` takes it or ``grid``.
+        ratio: a fixed share of the N tokens to keep, instead of ``budget`` (``budget = round(ratio * N)``,
+            at least 1); see :meth:`for_tokens`.
         num_neighbors: neighbours merged into each kept token (32 in the paper and the code).
         iqr_scale: the outlier fence is ``Q3 + iqr_scale * (Q3 - Q1)``.
         grid: ``spatial`` only: rows and columns of the evenly spread grid, e.g. ``(5, 8)``.
@@ -36,6 +38,7 @@ class ReductionConfig:
     variant: str = "reference"
     form: str = "adaptive"
     budget: int | None = None
+    ratio: float | None = None
     num_neighbors: int = 32
     iqr_scale: float = 1.5
     grid: tuple[int, int] | None = None
@@ -50,6 +53,10 @@ class ReductionConfig:
             raise ValueError(f"Unknown PruMerge+ form {self.form!r}; choose one of {list(PLUS_FORMS)}.")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"Token budget must be a positive number of tokens, got {self.budget}.")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise ValueError(f"Token ratio must be in (0, 1], got {self.ratio}.")
+        if self.ratio is not None and self.budget is not None:
+            raise ValueError("Give a token budget or a ratio, not both.")
         if self.num_neighbors < 0:
             raise ValueError(f"num_neighbors must be >= 0, got {self.num_neighbors}.")
         if self.grid is not None:
@@ -57,11 +64,11 @@ class ReductionConfig:
             if len(grid) != 2 or min(grid) < 1:
                 raise ValueError(f"grid must be two positive integers (rows, cols), got {self.grid!r}.")
             object.__setattr__(self, "grid", grid)
-        if self.method == "sequential" and self.budget is None:
+        if self.method == "sequential" and self.budget is None and self.ratio is None:
             raise ValueError("The 'sequential' reducer needs a token budget (e.g. budget=40).")
-        if self.method == "spatial" and self.budget is None and self.grid is None:
+        if self.method == "spatial" and self.budget is None and self.ratio is None and self.grid is None:
             raise ValueError("The 'spatial' reducer needs a grid (e.g. grid=(5, 8)) or a token budget.")
-        if self.method == "none" and self.budget is not None:
+        if self.method == "none" and (self.budget is not None or self.ratio is not None):
             raise ValueError(
                 "The 'none' reducer keeps every token; use 'sequential' or another method for a budget."
             )
@@ -94,8 +101,15 @@ class ReductionConfig:
         if method is not None and method != self.method:
             values["grid"] = None
             if method == "none":
-                values["budget"] = None
+                values["budget"] = values["ratio"] = None
         values.update({k: v for k, v in changes.items() if v is not None})
+        return ReductionConfig.from_value(values)
+
+    def for_tokens(self, n: int) -> ReductionConfig:
+        """This config for images of ``n`` tokens: a ``ratio`` becomes the equivalent ``budget``."""
+        if self.ratio is None:
+            return self
+        values = {**self.to_dict(), "ratio": None, "budget": max(round(self.ratio * n), 1)}
         return ReductionConfig.from_value(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +128,8 @@ class ReductionConfig:
             parts.append(self.form)
         if self.budget is not None:
             parts.append(f"budget={self.budget}")
+        if self.ratio is not None:
+            parts.append(f"ratio={self.ratio:g}")
         if self.grid is not None:
             parts.append(f"grid={self.grid[0]}x{self.grid[1]}")
         return "/".join(parts)

@@ -36,12 +36,15 @@ class ReducerInputs:
         attention: ``[B, N]`` float32 class attention of the next layer (CLS→CLS dropped), or None.
         keys: ``[B, N, Dk]`` float32 keys of the patch tokens in that layer, or None.
         grid: the patch grid ``(rows, cols)``, ``rows * cols == N``.
+        values: ``[B, N, Dk]`` float32 ``v_proj`` outputs of the patch tokens in that layer, for reducers
+            registered with ``needs_values``; else None.
     """
 
     features: torch.Tensor
     attention: torch.Tensor | None
     keys: torch.Tensor | None
     grid: tuple[int, int]
+    values: torch.Tensor | None = None
 
 
 @dataclass

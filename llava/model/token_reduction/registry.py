@@ -26,6 +26,7 @@ class Reducer:
     fn: ReducerFn
     needs_attention: bool
     description: str
+    needs_values: bool = False
 
 
 _REGISTRY: dict[str, Reducer] = {}
@@ -45,9 +46,17 @@ def register_reducer(
     return wrap
 
 
+BUILTIN_MODULES = ("llava.model.token_reduction.reducers",)
+
+
 def _ensure_builtins() -> None:
-    # The built-in reducers register themselves when their module is imported.
-    import llava.model.token_reduction.reducers  # noqa: F401
+    # The built-in reducers register themselves when their modules are imported.
+    import importlib
+    import importlib.util
+
+    for module in BUILTIN_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def available_reducers() -> list[str]:
