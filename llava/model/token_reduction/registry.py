@@ -46,7 +46,11 @@ def register_reducer(
     return wrap
 
 
-BUILTIN_MODULES = ("llava.model.token_reduction.reducers",)
+BUILTIN_MODULES = (
+    "llava.model.token_reduction.reducers",
+    "llava.model.token_reduction.unimodal",  # ToMe, EViT, ATS
+    "llava.model.token_reduction.prellm",  # VisionZip, DivPrune
+)
 
 
 def _ensure_builtins() -> None:
