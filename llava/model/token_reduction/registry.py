@@ -33,14 +33,18 @@ _REGISTRY: dict[str, Reducer] = {}
 
 
 def register_reducer(
-    name: str, *, needs_attention: bool, description: str
+    name: str, *, needs_attention: bool, description: str, needs_values: bool = False
 ) -> Callable[[ReducerFn], ReducerFn]:
-    """Decorator adding ``fn`` to the registry under ``name``."""
+    """Decorator adding ``fn`` to the registry under ``name``.
+
+    ``needs_attention``: the reducer reads the class attention and keys of the tower's next layer;
+    ``needs_values``: it also reads that layer's ``v_proj`` outputs (implies ``needs_attention``).
+    """
 
     def wrap(fn: ReducerFn) -> ReducerFn:
         if name in _REGISTRY:
             raise ValueError(f"A reducer named {name!r} is already registered.")
-        _REGISTRY[name] = Reducer(name, fn, needs_attention, description)
+        _REGISTRY[name] = Reducer(name, fn, needs_attention or needs_values, description, needs_values)
         return fn
 
     return wrap
