@@ -27,6 +27,7 @@ class MultimodalInputs:
         labels: ``[B, L]`` with ``IGNORE_INDEX`` on visual tokens and padding, or None.
         num_visual_tokens: ``[B]`` int64 visual tokens spliced into each sample (before truncation).
         truncated: ``[B]`` bool, samples cut at ``max_length``.
+        visual_mask: ``[B, L]`` bool, True at the positions that hold visual tokens.
     """
 
     inputs_embeds: torch.Tensor
@@ -35,6 +36,7 @@ class MultimodalInputs:
     labels: torch.Tensor | None
     num_visual_tokens: torch.Tensor
     truncated: torch.Tensor
+    visual_mask: torch.Tensor | None = None
 
 
 def splice_visual_tokens(
@@ -111,6 +113,9 @@ def splice_visual_tokens(
     visual = torch.zeros(batch, dtype=torch.long, device=device).index_add_(
         0, img_batch, image_lengths.to(device)
     )
+    visual_mask = torch.zeros(batch * stride, dtype=torch.bool, device=device)
+    visual_mask[img_dest] = True
+    visual_mask = visual_mask.view(batch, stride)[:, :length]
     return MultimodalInputs(
         inputs_embeds=embeds,
         attention_mask=mask.long(),
@@ -118,4 +123,5 @@ def splice_visual_tokens(
         labels=new_labels,
         num_visual_tokens=visual,
         truncated=total > kept,
+        visual_mask=visual_mask,
     )

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, LlamaConfig, LlamaModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers import DynamicCache, GenerationMixin, LlamaConfig, LlamaModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
+from llava.model import fastv
 from llava.model.llava_arch import MultimodalInputs, splice_visual_tokens
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
@@ -73,6 +74,99 @@ class LlavaLlamaModel(LlamaModel):
 
     def get_vision_tower(self) -> CLIPVisionTower | None:
         return getattr(self, "vision_tower", None)
+
+    def in_llm_reduction(self) -> ReductionConfig | None:
+        """The configured in-LLM reduction (FastV), or None."""
+        value = getattr(self.config, "mm_token_reduction", None)
+        reduction = ReductionConfig.from_value(value) if value else None
+        return reduction if reduction is not None and reduction.in_llm else None
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, visual_mask=None, query_index=None, **kwargs):  # fmt: skip
+        """Llama's forward; with an in-LLM reduction (FastV) the layer loop runs here, with its hook point.
+
+        ``visual_mask`` ``[B, L]`` marks the visual tokens of a prefill; ``query_index`` is the position of
+        the last prompt token (default: the last position).
+        """
+        reduction = self.in_llm_reduction()
+        layout = getattr(past_key_values, "llava_pruned", None)
+        if reduction is None or (visual_mask is None and layout is None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                   use_cache=use_cache, **kwargs)  # fmt: skip
+        if self.training:
+            raise ValueError("FastV is an inference-time method; it cannot run while training.")
+        embeds = inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        batch, length, _ = embeds.shape
+        valid = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else embeds.new_ones(batch, past + length, dtype=torch.bool)
+        )
+        if position_ids is None:
+            position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        run = _LayerRun(self, past_key_values, use_cache, kwargs)
+        if layout is None:
+            hidden = self._prefill_in_llm(
+                run, embeds, valid, position_ids, visual_mask, query_index, reduction
+            )
+        else:
+            hidden = self._decode_in_llm(run, embeds, valid, position_ids, layout, reduction)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
+
+    def _mask(self, valid: torch.Tensor, query_length: int, dtype: torch.dtype):
+        if self.config._attn_implementation == "flash_attention_2":
+            return valid.long()  # flash-attention takes the 2-D padding mask and is causal itself
+        return fastv.additive_mask(valid, query_length, dtype)
+
+    def _prefill_in_llm(self, run, hidden, valid, position_ids, visual_mask, query_index, reduction):
+        """The layer loop of a prefill: after layer K, keep the top visual tokens and continue on those."""
+        length = hidden.shape[1]
+        cos_sin = self.rotary_emb(hidden, position_ids=position_ids)
+        mask = self._mask(valid, length, hidden.dtype)
+        query = length - 1 if query_index is None else int(query_index)
+        for idx, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if idx == reduction.llm_layer:
+                scores = fastv.query_attention(layer, hidden, cos_sin, valid[:, -length:], query)  # [B, L]
+            hidden = run(layer, hidden, mask, cos_sin, position_ids)
+            if idx == reduction.llm_layer:
+                keep = fastv.kept_tokens(
+                    scores, visual_mask, valid[:, -length:], reduction.budget, reduction.ratio
+                )
+                layout = fastv.pack(keep, length)
+                hidden = hidden.gather(1, layout.index[..., None].expand(-1, -1, hidden.shape[-1]))
+                position_ids = position_ids.gather(1, layout.index)
+                cos_sin = self.rotary_emb(hidden, position_ids=position_ids)
+                mask = self._mask(layout.valid, layout.index.shape[1], hidden.dtype)
+                if run.cache is not None:
+                    run.cache.llava_pruned = layout
+        return hidden
+
+    def _decode_in_llm(self, run, hidden, valid, position_ids, layout, reduction):
+        """A decoding step over a cache whose layers after K hold only the kept tokens."""
+        length = hidden.shape[1]
+        cos_sin = self.rotary_emb(hidden, position_ids=position_ids)
+        pruned_valid = torch.cat([layout.valid, valid[:, layout.full_length :]], dim=1)
+        full_mask = self._mask(valid, length, hidden.dtype)
+        pruned_mask = self._mask(pruned_valid, length, hidden.dtype)
+        for idx, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            mask = full_mask if idx <= reduction.llm_layer else pruned_mask
+            hidden = run(layer, hidden, mask, cos_sin, position_ids)
+        return hidden
+
+
+class _LayerRun:
+    """Calls a decoder layer with the run's cache and extra arguments."""
+
+    def __init__(self, model, cache, use_cache, kwargs) -> None:
+        self.cache, self.use_cache, self.kwargs = cache, use_cache, kwargs
+
+    def __call__(self, layer, hidden, mask, cos_sin, position_ids):
+        return layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=position_ids,
+                     past_key_values=self.cache, use_cache=self.use_cache, **self.kwargs)  # fmt: skip
 
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM):
@@ -174,12 +268,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         labels: torch.LongTensor | None = None,
         images: torch.Tensor | None = None,
         image_sizes: Any = None,
+        visual_mask: torch.Tensor | None = None,
+        query_index: int | None = None,
         **kwargs: Any,
     ) -> LlavaCausalLMOutput:
         """Llama's forward, after splicing ``images`` into ``input_ids``.
 
         Splicing happens when ``images`` are given, and in training for every batch (a text-only batch
         splices zero images). The output adds ``truncated`` and ``num_visual_tokens`` per sample.
+        ``visual_mask`` / ``query_index`` are for FastV when ``inputs_embeds`` are given directly.
         """
         spliced = None
         if inputs_embeds is None and input_ids is not None and (images is not None or self.training):
@@ -190,6 +287,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 spliced.position_ids,
                 spliced.labels,
             )
+            visual_mask = spliced.visual_mask
+        if self.model.in_llm_reduction() is not None:  # FastV: the language model needs these two
+            kwargs.update(visual_mask=visual_mask, query_index=query_index)
         out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -227,6 +327,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         if inputs is None:
             return GenerationMixin.generate(self, attention_mask=attention_mask, **kwargs)
         spliced = self.prepare_multimodal_inputs(inputs, attention_mask, images, padding_side="left")
+        if (
+            self.model.in_llm_reduction() is not None
+        ):  # FastV: which tokens are visual, and the last prompt token
+            kwargs.update(visual_mask=spliced.visual_mask, query_index=spliced.inputs_embeds.shape[1] - 1)
         return GenerationMixin.generate(
             self, inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
         )

@@ -10,6 +10,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 VARIANTS = ("reference", "paper")
+
+
+def get_in_llm(method: str) -> bool:
+    from llava.model.token_reduction.registry import get_reducer
+
+    return get_reducer(method).in_llm
+
+
 PLUS_FORMS = ("adaptive", "fixed")
 
 
@@ -32,6 +40,7 @@ class ReductionConfig:
         num_neighbors: neighbours merged into each kept token (32 in the paper and the code).
         iqr_scale: the outlier fence is ``Q3 + iqr_scale * (Q3 - Q1)``.
         grid: ``spatial`` only: rows and columns of the evenly spread grid, e.g. ``(5, 8)``.
+        llm_layer: ``fastv`` only: the language-model layer K after which visual tokens are dropped.
     """
 
     method: str = "none"
@@ -42,6 +51,7 @@ class ReductionConfig:
     num_neighbors: int = 32
     iqr_scale: float = 1.5
     grid: tuple[int, int] | None = None
+    llm_layer: int = 2
 
     def __post_init__(self) -> None:
         from llava.model.token_reduction.registry import get_reducer
@@ -64,6 +74,10 @@ class ReductionConfig:
             if len(grid) != 2 or min(grid) < 1:
                 raise ValueError(f"grid must be two positive integers (rows, cols), got {self.grid!r}.")
             object.__setattr__(self, "grid", grid)
+        if self.method == "fastv" and self.budget is None and self.ratio is None:
+            raise ValueError("The 'fastv' reducer needs a visual-token budget or ratio (e.g. ratio=0.5).")
+        if self.llm_layer < 0:
+            raise ValueError(f"llm_layer must be >= 0, got {self.llm_layer}.")
         if self.method == "sequential" and self.budget is None and self.ratio is None:
             raise ValueError("The 'sequential' reducer needs a token budget (e.g. budget=40).")
         if self.method == "spatial" and self.budget is None and self.ratio is None and self.grid is None:
@@ -105,9 +119,14 @@ class ReductionConfig:
         values.update({k: v for k, v in changes.items() if v is not None})
         return ReductionConfig.from_value(values)
 
+    @property
+    def in_llm(self) -> bool:
+        """True for methods that act inside the language model (the tower keeps every token)."""
+        return get_in_llm(self.method)
+
     def for_tokens(self, n: int) -> ReductionConfig:
         """This config for images of ``n`` tokens: a ``ratio`` becomes the equivalent ``budget``."""
-        if self.ratio is None:
+        if self.ratio is None or get_in_llm(self.method):
             return self
         values = {**self.to_dict(), "ratio": None, "budget": max(round(self.ratio * n), 1)}
         return ReductionConfig.from_value(values)

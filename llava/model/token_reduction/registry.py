@@ -27,24 +27,28 @@ class Reducer:
     needs_attention: bool
     description: str
     needs_values: bool = False
+    in_llm: bool = False
 
 
 _REGISTRY: dict[str, Reducer] = {}
 
 
 def register_reducer(
-    name: str, *, needs_attention: bool, description: str, needs_values: bool = False
+    name: str, *, needs_attention: bool, description: str, needs_values: bool = False, in_llm: bool = False
 ) -> Callable[[ReducerFn], ReducerFn]:
     """Decorator adding ``fn`` to the registry under ``name``.
 
     ``needs_attention``: the reducer reads the class attention and keys of the tower's next layer;
-    ``needs_values``: it also reads that layer's ``v_proj`` outputs (implies ``needs_attention``).
+    ``needs_values``: it also reads that layer's ``v_proj`` outputs (implies ``needs_attention``);
+    ``in_llm``: the tower part keeps every token and the language model does the reduction.
     """
 
     def wrap(fn: ReducerFn) -> ReducerFn:
         if name in _REGISTRY:
             raise ValueError(f"A reducer named {name!r} is already registered.")
-        _REGISTRY[name] = Reducer(name, fn, needs_attention or needs_values, description, needs_values)
+        _REGISTRY[name] = Reducer(
+            name, fn, needs_attention or needs_values, description, needs_values, in_llm
+        )
         return fn
 
     return wrap
@@ -54,6 +58,7 @@ BUILTIN_MODULES = (
     "llava.model.token_reduction.reducers",
     "llava.model.token_reduction.unimodal",  # ToMe, EViT, ATS
     "llava.model.token_reduction.prellm",  # VisionZip, DivPrune
+    "llava.model.fastv",  # FastV (in the language model)
 )
 
 

@@ -1,0 +1,122 @@
+"""FastV: dropping visual tokens inside the language model (Chen et al., "An Image is Worth 1/2 Tokens
+After Layer 2: Plug-and-Play Inference Acceleration for Large Vision-Language Models", ECCV 2024).
+
+After layer K, only the visual tokens that received the most attention from the last prompt token in
+layer K (averaged over heads) are kept; every later layer runs on the shorter sequence, and its KV
+cache holds only the kept tokens. The one attention row is computed from layer K's own queries and
+keys (:func:`query_attention`), so every layer keeps its configured attention kernel (SDPA,
+flash-attention): nothing switches the model to eager attention.
+
+This module holds the tensor functions; the layer loop that calls them is
+``LlavaLlamaModel._forward_in_llm``, the one hook point in the language model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from llava.model.token_reduction.config import ReductionConfig
+from llava.model.token_reduction.reducers import ReducedTokens, ReducerInputs, reduce_none
+from llava.model.token_reduction.registry import register_reducer
+
+
+@register_reducer("fastv", needs_attention=False, in_llm=True,
+                  description="FastV: drop low-attention visual tokens after LLM layer K")  # fmt: skip
+def reduce_fastv(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
+    """The tower keeps every token; the language model drops visual tokens after layer ``llm_layer``."""
+    return reduce_none(inputs, config)
+
+
+@dataclass
+class PrunedLayout:
+    """Where the kept tokens of the prefill sit, for the layers after K (stored on the KV cache).
+
+    Attributes:
+        full_length: length of the prefill sequence (before pruning).
+        index: ``[B, L']`` positions of the kept tokens in the full sequence, right-aligned.
+        valid: ``[B, L']`` True for kept tokens, False for the left padding of the packed layout.
+    """
+
+    full_length: int
+    index: torch.Tensor
+    valid: torch.Tensor
+
+
+def query_attention(
+    layer, hidden: torch.Tensor, cos_sin, key_valid: torch.Tensor, query_index: int
+) -> torch.Tensor:
+    """Head-averaged attention of the token at ``query_index`` over all keys of ``layer``, float32.
+
+    Args:
+        layer: a Llama decoder layer (its ``input_layernorm`` and ``self_attn`` projections are used).
+        hidden: ``[B, L, H]`` the layer's input hidden states.
+        cos_sin: the rotary embeddings of the L positions.
+        key_valid: ``[B, L]`` bool, keys that may be attended (real, not padding).
+        query_index: the query position (the last prompt token).
+
+    Returns:
+        ``[B, L]`` attention weights (zero on invalid keys and on keys after the query).
+    """
+    attn = layer.self_attn
+    normed = layer.input_layernorm(hidden)  # [B, L, H]
+    batch, length, _ = normed.shape
+    q = (
+        attn.q_proj(normed[:, query_index : query_index + 1])
+        .view(batch, 1, -1, attn.head_dim)
+        .transpose(1, 2)
+    )
+    k = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # [B, KV, L, d]
+    cos, sin = cos_sin
+    q, _ = apply_rotary_pos_emb(
+        q, q, cos[:, query_index : query_index + 1], sin[:, query_index : query_index + 1]
+    )
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped-query heads
+    logits = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) / math.sqrt(attn.head_dim)  # [B, heads, L]
+    allowed = key_valid & (torch.arange(length, device=hidden.device) <= query_index)[None]
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=1)  # [B, L]
+
+
+def kept_tokens(scores: torch.Tensor, visual: torch.Tensor, real: torch.Tensor, budget: int | None,
+                ratio: float | None) -> torch.Tensor:  # fmt: skip
+    """``[B, L]`` bool: every real non-visual token, and each sample's top visual tokens by score.
+
+    ``budget`` visual tokens per sample, or ``ratio`` of that sample's visual tokens (at least one).
+    """
+    n_visual = visual.sum(dim=1)  # [B]
+    keep = torch.full_like(n_visual, budget) if budget is not None else (n_visual * ratio).round().long()
+    keep = torch.minimum(keep.clamp(min=1), n_visual)
+    masked = scores.masked_fill(~visual, float("-inf"))
+    rank = torch.empty_like(scores, dtype=torch.long)
+    order = masked.argsort(dim=1, descending=True, stable=True)
+    rank.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return real & (~visual | (rank < keep[:, None]))
+
+
+def pack(keep: torch.Tensor, full_length: int) -> PrunedLayout:
+    """Right-aligned layout of the kept positions (left padding, as in batched generation)."""
+    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+    key = torch.where(keep, positions, -1)
+    width = int(keep.sum(dim=1).max())  # one host sync, to size the pruned sequence
+    index = key.sort(dim=1).values[:, keep.shape[1] - width :]  # [B, L']
+    return PrunedLayout(full_length, index.clamp(min=0), index >= 0)
+
+
+def additive_mask(key_valid: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor:
+    """A causal ``[B, 1, Q, K]`` additive mask over the last ``Q`` of ``K`` keys, with padding masked.
+
+    Every query may see itself, so a padding row never has all its keys masked (no NaN).
+    """
+    kv = key_valid.shape[1]
+    key_pos = torch.arange(kv, device=key_valid.device)
+    query_pos = key_pos[kv - query_length :]
+    allowed = (key_pos[None, :] <= query_pos[:, None])[None] & key_valid[:, None, :]  # [B, Q, K]
+    allowed |= (key_pos[None, :] == query_pos[:, None])[None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]

@@ -1,0 +1,79 @@
+"""FastV inside the language model: KV cache = recomputation, batch = single, SDPA everywhere."""
+
+from unittest import mock
+
+import pytest
+import torch
+from tests_support import pad_left, prompt_ids
+
+from llava.model.token_reduction import ReductionConfig
+
+FASTV = {"method": "fastv", "ratio": 0.25, "llm_layer": 0}
+
+
+@pytest.fixture
+def fastv_model(tiny_llava):
+    tokenizer, model = tiny_llava
+    previous = model.config.mm_token_reduction
+    model.set_token_reduction(FASTV)
+    yield tokenizer, model
+    model.set_token_reduction(previous)
+
+
+def recompute_greedy(model, ids, mask, pixels, steps):
+    """Greedy decoding that recomputes the whole sequence at every step (no KV cache)."""
+    with torch.no_grad():
+        spliced = model.prepare_multimodal_inputs(ids, mask, pixels, padding_side="left")
+        embeds, valid, visual = spliced.inputs_embeds, spliced.attention_mask, spliced.visual_mask
+        query = embeds.shape[1] - 1  # the last prompt token
+        tokens = []
+        for _ in range(steps):
+            logits = model(inputs_embeds=embeds, attention_mask=valid, visual_mask=visual, query_index=query,
+                           use_cache=False).logits  # fmt: skip
+            nxt = logits[:, -1].argmax(-1)  # [B]
+            tokens.append(nxt)
+            embeds = torch.cat([embeds, model.get_input_embeddings()(nxt)[:, None]], dim=1)
+            valid = torch.cat([valid, valid.new_ones(len(nxt), 1)], dim=1)
+            visual = torch.cat([visual, visual.new_zeros(len(nxt), 1)], dim=1)
+    return torch.stack(tokens, dim=1)
+
+
+@pytest.mark.parametrize(
+    "questions", [["What is this?"], ["What is this?", "Describe the image in detail please.", "A B"]]
+)
+def test_cached_generation_equals_recomputation(fastv_model, questions):
+    tokenizer, model = fastv_model
+    ids, mask = pad_left([prompt_ids(tokenizer, q) for q in questions])
+    pixels = torch.randn(len(questions), 3, 336, 336, generator=torch.Generator().manual_seed(4))
+    cached = model.generate(ids, attention_mask=mask, images=pixels, max_new_tokens=6, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)  # fmt: skip
+    assert cached.tolist() == recompute_greedy(model, ids, mask, pixels, 6).tolist()
+    for i in range(len(questions)):  # each sample as in a batch of one
+        alone = model.generate(ids[i : i + 1, mask[i].bool()], images=pixels[i : i + 1], max_new_tokens=6,
+                               do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+        assert alone[0].tolist() == cached[i].tolist()
+
+
+def test_later_layers_cache_only_the_kept_tokens_and_sdpa_runs_everywhere(fastv_model):
+    tokenizer, model = fastv_model
+    ids = prompt_ids(tokenizer, "What is this?")[None]
+    pixels = torch.randn(1, 3, 336, 336)
+    spliced = model.prepare_multimodal_inputs(ids, None, pixels, padding_side="left")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with mock.patch("torch.nn.functional.scaled_dot_product_attention", wraps=sdpa) as calls, torch.no_grad():
+        out = model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                    visual_mask=spliced.visual_mask, use_cache=True)  # fmt: skip
+    assert model.config._attn_implementation == "sdpa"
+    assert calls.call_count == model.config.num_hidden_layers  # every layer ran SDPA, none eager
+    cache = out.past_key_values
+    full, visual = spliced.inputs_embeds.shape[1], int(spliced.visual_mask.sum())
+    assert cache.layers[0].keys.shape[-2] == full  # layers up to K keep every token
+    assert cache.layers[1].keys.shape[-2] == full - visual + round(
+        visual * 0.25
+    )  # later layers: the kept ones
+    assert cache.llava_pruned.index.shape[1] == full - visual + round(visual * 0.25)
+
+
+def test_fastv_needs_a_budget():
+    with pytest.raises(ValueError, match="budget or ratio"):
+        ReductionConfig("fastv")
