@@ -1,0 +1,111 @@
+"""Roofline cost model of LLaVA-1.5 with and without PruMerge visual-token reduction.
+
+``python -m llava.analysis --help`` describes the command line; :func:`estimate` is the library entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from llava.analysis.cost import run_stack, tera
+from llava.analysis.roofline import (
+    CLIP_TOKENS,
+    CLIP_VIT_L_336,
+    DEVICES,
+    GIGA,
+    LLM_PRESETS,
+    PRECISIONS,
+    REDUCTION_TOKENS,
+    Device,
+    TransformerSpec,
+    parse_device,
+    resolve_llm,
+    spec_from_config,
+)
+
+__all__ = [
+    "DEVICES",
+    "LLM_PRESETS",
+    "PRECISIONS",
+    "REDUCTION_TOKENS",
+    "Device",
+    "Estimate",
+    "TransformerSpec",
+    "estimate",
+    "parse_device",
+    "resolve_llm",
+    "spec_from_config",
+]
+
+
+@dataclass
+class Estimate:
+    """Roofline figures of one configuration (LLM only unless a name says ``clip``)."""
+
+    llm: str
+    device: str
+    precision: str
+    reduction: str
+    visual_tokens: int
+    text_tokens: int
+    batch: int
+    flops_tera: float
+    flops_fp16_equiv_tera: float
+    memory_traffic_gb: float
+    prefill_ms: float
+    prefill_compute_ms: float
+    prefill_memory_ms: float
+    weight_memory_gb: float
+    kv_cache_gb: float
+    activation_memory_gb: float
+    total_memory_gb: float
+    decode_ms_per_token: float
+    decode_compute_ms: float
+    decode_memory_ms: float
+    clip_flops_tera: float
+    clip_ms: float
+
+    def as_dict(self) -> dict:
+        """Plain dict (for JSON)."""
+        return asdict(self)
+
+
+def estimate(
+    llm: TransformerSpec,
+    device: Device,
+    precision: str = "fp16",
+    visual_tokens: int = 576,
+    text_tokens: int = 40,
+    batch: int = 1,
+    reduction: str = "custom",
+) -> Estimate:
+    """Prefill (all prompt tokens) and one decode step (at the prompt's context length)."""
+    bits = PRECISIONS[precision]
+    seq = visual_tokens + text_tokens
+    pre = run_stack(llm, batch, seq, seq, bits, device)
+    dec = run_stack(llm, batch, 1, seq + 1, bits, device)
+    clip = run_stack(CLIP_VIT_L_336, batch, CLIP_TOKENS, CLIP_TOKENS, (16, 16, 16), device)
+    return Estimate(
+        llm=llm.name,
+        device=device.name,
+        precision=precision,
+        reduction=reduction,
+        visual_tokens=visual_tokens,
+        text_tokens=text_tokens,
+        batch=batch,
+        flops_tera=tera(pre.ops),
+        flops_fp16_equiv_tera=tera(pre.ops) * max(bits[0], bits[1]) / 16,
+        memory_traffic_gb=pre.traffic / GIGA,
+        prefill_ms=pre.seconds * 1e3,
+        prefill_compute_ms=pre.compute_seconds * 1e3,
+        prefill_memory_ms=pre.memory_seconds * 1e3,
+        weight_memory_gb=pre.weight_bytes / GIGA,
+        kv_cache_gb=pre.kv_out / GIGA,
+        activation_memory_gb=pre.act_out / GIGA,
+        total_memory_gb=(pre.weight_bytes + pre.kv_out + pre.act_out) / GIGA,
+        decode_ms_per_token=dec.seconds * 1e3,
+        decode_compute_ms=dec.compute_seconds * 1e3,
+        decode_memory_ms=dec.memory_seconds * 1e3,
+        clip_flops_tera=tera(clip.ops),
+        clip_ms=clip.seconds * 1e3,
+    )

@@ -1,0 +1,126 @@
+"""Tests of the roofline cost model ``llava.analysis`` (pure arithmetic, CPU, well under a second)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llava.analysis import DEVICES, LLM_PRESETS, estimate, parse_device
+from llava.analysis.__main__ import main
+
+# PruMerge (arXiv 2403.15388) Table 2, V100: (TFLOPs, prefill ms, "total memory" GB, activation GB).
+PAPER = {
+    ("vicuna-7b", "fp16", 576): (9.3, 88.6, 23.3, 4.60),
+    ("vicuna-7b", "fp16", 32): (0.91, 15.3, 13.7, 0.28),
+    ("vicuna-7b", "int4", 576): (2.3, 143.1, 5.9, 1.20),
+    ("vicuna-7b", "int4", 32): (0.28, 15.0, 3.5, 0.07),
+    ("vicuna-13b", "fp16", 576): (18.2, 170.5, 41.6, 7.30),
+    ("vicuna-13b", "fp16", 32): (1.80, 29.5, 26.6, 0.44),
+    ("vicuna-13b", "int4", 576): (4.6, 294.9, 10.5, 1.80),
+    ("vicuna-13b", "int4", 32): (0.45, 29.0, 6.8, 0.11),
+}
+COLUMNS = ("flops_fp16_equiv_tera", "prefill_ms", "memory_traffic_gb", "activation_memory_gb")
+# Cells reproduced within 10 % at 576 (or 32) visual + 40 text tokens.  NOT matched (see docs/Efficiency.md):
+# - FLOPs and prefill time of the unreduced rows (model 11-13 % low; the paper's figures fit ~690 tokens),
+#   except the 7B INT4 prefill time (-7 %);
+# - the 7B INT4 PruMerge FLOPs (0.28 printed, 0.23 = FP16 figure / 4 modelled; the other INT4 rows are /4);
+# - activation memory of most rows (unreduced -10..-14 %, PruMerge +15..16 %).
+MATCHED = {
+    ("vicuna-7b", "fp16", 576): ("memory_traffic_gb",),
+    ("vicuna-7b", "fp16", 32): ("flops_fp16_equiv_tera", "prefill_ms", "memory_traffic_gb"),
+    ("vicuna-7b", "int4", 576): ("prefill_ms", "memory_traffic_gb"),
+    ("vicuna-7b", "int4", 32): ("prefill_ms", "memory_traffic_gb"),
+    ("vicuna-13b", "fp16", 576): ("memory_traffic_gb",),
+    ("vicuna-13b", "fp16", 32): ("flops_fp16_equiv_tera", "prefill_ms", "memory_traffic_gb"),
+    ("vicuna-13b", "int4", 576): ("memory_traffic_gb", "activation_memory_gb"),
+    ("vicuna-13b", "int4", 32): ("flops_fp16_equiv_tera", "prefill_ms", "memory_traffic_gb"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PAPER))
+def test_table2_rows_within_10_percent(key: tuple[str, str, int]) -> None:
+    llm, precision, visual = key
+    est = estimate(LLM_PRESETS[llm], DEVICES["v100"], precision, visual, 40).as_dict()
+    for column, paper in zip(COLUMNS, PAPER[key]):
+        if column in MATCHED[key]:
+            assert est[column] == pytest.approx(paper, rel=0.10), (key, column, est[column], paper)
+
+
+def test_prefill_reduction_factor_is_large() -> None:
+    full = estimate(LLM_PRESETS["vicuna-7b"], DEVICES["v100"], "fp16", 576, 40)
+    pm = estimate(LLM_PRESETS["vicuna-7b"], DEVICES["v100"], "fp16", 32, 40)
+    assert full.flops_tera / pm.flops_tera > 8
+    assert full.prefill_ms / pm.prefill_ms > 4.5
+
+
+def test_json_output_parses(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = (
+        "--llm vicuna-7b --device v100 --precision fp16 --visual-tokens 576 --text-tokens 40 --json".split()
+    )
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    row = json.loads(lines[0])
+    for key in ("flops_tera", "prefill_ms", "total_memory_gb", "activation_memory_gb"):
+        assert row[key] > 0
+
+
+def test_presets_give_one_row_each(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["visual_tokens"] for r in rows] == [576, 32, 144]
+
+
+def test_help_documents_options() -> None:
+    proc = subprocess.run([sys.executable, "-m", "llava.analysis", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for option in (
+        "--llm",
+        "--device",
+        "--device-spec",
+        "--precision",
+        "--visual-tokens",
+        "--text-tokens",
+        "--json",
+    ):
+        assert option in proc.stdout
+
+
+def test_custom_device(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = parse_device("toy:10:100")
+    assert (dev.fp16_tflops, dev.bandwidth_gbps) == (10.0, 100.0)
+    spec = tmp_path / "toy.json"
+    spec.write_text(json.dumps({"name": "toy", "fp16_tflops": 10, "bandwidth_gbps": 100}))
+    assert parse_device(str(spec)) == dev
+    assert main(["--device-spec", "toy:10:100", "--json", "--reduction", "none"]) == 0
+    slow = json.loads(capsys.readouterr().out)
+    fast = estimate(LLM_PRESETS["vicuna-7b"], DEVICES["v100"], "fp16", 576, 40)
+    assert slow["device"] == "toy" and slow["prefill_ms"] > 5 * fast.prefill_ms
+    assert main(["--device", "nonsense"]) == 2
+
+
+def test_config_json_llm(tmp_path) -> None:
+    cfg = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert main(["--llm", str(tmp_path), "--json"]) == 0
+
+
+def test_flops_linear_in_tokens_at_small_n() -> None:
+    llm, dev = LLM_PRESETS["vicuna-7b"], DEVICES["v100"]
+    f = [estimate(llm, dev, "fp16", n, 0).flops_tera for n in (16, 32, 64)]
+    assert (f[2] - f[1]) / (f[1] - f[0]) == pytest.approx(2.0, rel=0.02)
+
+
+def test_decode_is_memory_bound_at_batch_1() -> None:
+    est = estimate(LLM_PRESETS["vicuna-13b"], DEVICES["a100"], "fp16", 576, 40)
+    assert est.decode_memory_ms > 10 * est.decode_compute_ms
+    assert est.decode_ms_per_token == pytest.approx(est.decode_memory_ms, rel=0.01)
