@@ -261,8 +261,10 @@ def reducer_inputs(tower: CLIPVisionTower, hidden: torch.Tensor, variant: str) -
     """The reducer's inputs for captured ``hidden`` states, with the class attention of ``variant``."""
     tower.set_reduction({"method": "prumerge", "variant": variant})
     with torch.no_grad():
-        attention, keys, _ = tower.attention_and_keys(hidden)
-    return ReducerInputs(features=hidden[:, 1:], attention=attention, keys=keys, grid=tower.grid)
+        attention, keys, values = tower.attention_and_keys(hidden, with_values=True)
+    return ReducerInputs(
+        features=hidden[:, 1:], attention=attention, keys=keys, grid=tower.grid, values=values
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

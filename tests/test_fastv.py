@@ -77,3 +77,19 @@ def test_later_layers_cache_only_the_kept_tokens_and_sdpa_runs_everywhere(fastv_
 def test_fastv_needs_a_budget():
     with pytest.raises(ValueError, match="budget or ratio"):
         ReductionConfig("fastv")
+
+
+def test_full_budget_keeps_the_full_sequence(tiny_llava):
+    tokenizer, model = tiny_llava
+    ids = prompt_ids(tokenizer, "What is this?")[None]
+    pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(5))
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+    previous = model.config.mm_token_reduction
+    try:
+        model.set_token_reduction("none")
+        plain = model.generate(ids, images=pixels, **kwargs)
+        model.set_token_reduction({**FASTV, "ratio": 1.0})
+        full = model.generate(ids, images=pixels, **kwargs)
+    finally:
+        model.set_token_reduction(previous)
+    assert full.tolist() == plain.tolist()
