@@ -1,0 +1,121 @@
+"""Cog predictor: answer a question about one image with a LLaVA-1.5 (+ PruMerge) checkpoint.
+
+``cog.yaml`` points at :class:`Predictor`. ``setup()`` loads the checkpoint named by the environment
+variable ``LLAVA_MODEL_PATH`` (default :data:`DEFAULT_MODEL_PATH`), with ``LLAVA_MODEL_BASE`` as the base
+LLM for LoRA or projector-only checkpoints. ``predict()`` asks one question with the ``vicuna_v1``
+template (the one LLaVA-1.5 was trained with) and returns the answer. Nothing is loaded or downloaded
+when this module is imported. See ``docs/Cog.md``.
+"""
+
+# ruff: noqa: B008 - cog declares inputs as `Input(...)` defaults of predict()
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import get_conv_template
+from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.model import ReductionConfig, available_reducers
+from llava.serve.cli import generation_kwargs
+
+try:
+    from cog import BasePredictor, Input, Path
+except ImportError:  # pragma: no cover - depends on whether cog is installed
+    # Stand-ins so this file imports (and the tests run) without the ``cog`` package, which only
+    # exists inside a Cog build. ``Input(...)`` just returns its default, so ``predict()``'s defaults
+    # work when it is called directly; ``Path`` is ``pathlib.Path``, which cog's ``Path`` subclasses.
+    from pathlib import Path
+
+    class BasePredictor:
+        """Minimal stand-in for ``cog.BasePredictor``."""
+
+        def setup(self) -> None:
+            """Loads what ``predict`` needs; nothing here."""
+
+    def Input(default: Any = None, **_: Any) -> Any:
+        """Minimal stand-in for ``cog.Input``: returns ``default`` and ignores the rest."""
+        return default
+
+
+DEFAULT_MODEL_PATH = "liuhaotian/llava-v1.5-7b"
+CONV_MODE = "vicuna_v1"
+CHECKPOINT = "checkpoint"  # the token_reduction choice that keeps the checkpoint's own reduction
+REDUCTION_CHOICES = [CHECKPOINT, *available_reducers()]
+
+
+class Predictor(BasePredictor):
+    """Loads one checkpoint in ``setup()`` and answers a question about an image in ``predict()``."""
+
+    def setup(self) -> None:
+        """Loads the checkpoint from ``LLAVA_MODEL_PATH`` (+ ``LLAVA_MODEL_BASE``); remembers its reduction."""
+        from llava.model.builder import load_pretrained_model
+
+        model_path = os.environ.get("LLAVA_MODEL_PATH") or DEFAULT_MODEL_PATH
+        model_base = os.environ.get("LLAVA_MODEL_BASE") or None
+        self.tokenizer, self.model, self.image_processor, self.context_len = load_pretrained_model(
+            model_path, model_base
+        )
+        self.checkpoint_reduction = ReductionConfig.from_value(
+            getattr(self.model.config, "mm_token_reduction", None)
+        )
+
+    def predict(
+        self,
+        image: Path = Input(description="Image to ask about"),
+        prompt: str = Input(description="Question or instruction about the image"),
+        temperature: float = Input(description="Sampling temperature; 0 = greedy", default=0.2, ge=0.0),
+        top_p: float = Input(
+            description="Nucleus sampling (used when temperature > 0)", default=1.0, gt=0.0, le=1.0
+        ),
+        max_tokens: int = Input(description="Maximum number of new tokens", default=512, ge=1),
+        token_reduction: str = Input(
+            description="Visual-token reduction: 'checkpoint' keeps the checkpoint's own",
+            default=CHECKPOINT,
+            choices=REDUCTION_CHOICES,
+        ),
+    ) -> str:
+        """The model's answer (stripped) to ``prompt`` about ``image``.
+
+        Raises:
+            ValueError: an unknown ``token_reduction`` (the message lists the valid ones) or a bad
+                ``temperature`` / ``top_p`` / ``max_tokens``.
+        """
+        reduction = self._reduction(token_reduction)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}.")
+        self.model.set_token_reduction(reduction)
+
+        conv = get_conv_template(CONV_MODE)
+        conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{prompt}")
+        conv.append_message(conv.roles[1], None)
+        input_ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, return_tensors="pt")[None]
+        pixels = process_images(
+            [load_image(image)], self.image_processor, getattr(self.model.config, "image_aspect_ratio", "pad")
+        )
+        kwargs = generation_kwargs(temperature, max_tokens, self.tokenizer)
+        if temperature > 0:
+            kwargs["top_p"] = top_p
+        with torch.inference_mode():
+            new_tokens = self.model.generate(
+                input_ids.to(self.model.device),
+                images=pixels.to(device=self.model.device, dtype=self.model.dtype),
+                **kwargs,
+            )
+        return self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
+
+    def _reduction(self, name: str) -> ReductionConfig:
+        """The reduction for the ``token_reduction`` choice ``name`` (the CLI's override semantics)."""
+        if name == CHECKPOINT:
+            return self.checkpoint_reduction
+        valid = [CHECKPOINT, *available_reducers()]  # also reducers registered after import
+        if name not in valid:
+            raise ValueError(f"Unknown token_reduction {name!r}; valid choices are: {', '.join(valid)}.")
+        return self.checkpoint_reduction.replace(method=name)
