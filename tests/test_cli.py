@@ -284,3 +284,14 @@ def test_context_overflow_is_a_clear_error(ckpt, image_file, capsys, monkeypatch
     with pytest.raises(cli.ConversationTooLong, match="context of 50 tokens"):
         session.ask("What is this?")
     assert session.conv.messages == []  # the turn that did not fit is not kept
+
+
+def test_reduction_flags_apply_together():
+    import argparse
+
+    flags = argparse.Namespace(
+        token_reduction="spatial", reduction_variant=None, reduction_form=None, reduction_budget=36
+    )
+    assert cli.reduction_from_args(ReductionConfig("prumerge"), flags) == ReductionConfig(
+        "spatial", budget=36
+    )

@@ -37,7 +37,7 @@ def reduction_from_args(recorded: ReductionConfig, args: argparse.Namespace) -> 
     }
     if all(value is None for value in flags.values()):
         return None
-    reduction = recorded.replace(**{key: value for key, value in flags.items() if key != "budget"})
-    if args.reduction_budget is None:
-        return reduction
-    return ReductionConfig.from_value({**reduction.to_dict(), "budget": args.reduction_budget or None})
+    if args.reduction_budget == 0:  # clear the recorded budget, then apply the other flags
+        recorded = ReductionConfig.from_value({**recorded.to_dict(), "budget": None, "ratio": None})
+        flags["budget"] = None
+    return recorded.replace(**flags)  # all flags at once, so e.g. a new method gets its budget
