@@ -93,3 +93,17 @@ def test_full_budget_keeps_the_full_sequence(tiny_llava):
     finally:
         model.set_token_reduction(previous)
     assert full.tolist() == plain.tolist()
+
+
+def test_evaluation_runner_generation_uses_fastv(fastv_model):
+    from llava.eval.runner import Loaded, generate_batch
+
+    tokenizer, model = fastv_model
+    prompt = "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: <image>\nWhat is this? ASSISTANT:"
+    pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(6))
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
+    loaded = Loaded(tokenizer=tokenizer, model=model, image_processor=None, model_name="tiny")
+    texts, _, _ = generate_batch(loaded, [prompt], pixels, kwargs)
+    ids = prompt_ids(tokenizer, "What is this?")[None]
+    direct = model.generate(ids, images=pixels, **kwargs)  # passes FastV's visual mask
+    assert texts == [tokenizer.decode(direct[0], skip_special_tokens=True).strip()]

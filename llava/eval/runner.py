@@ -382,9 +382,7 @@ def generate_batch(
         pixels.to(device=model.device, dtype=model.dtype),
         padding_side="left",
     )
-    new_tokens = model.generate(
-        inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, **kwargs
-    )
+    new_tokens = model.generate_spliced(inputs, **kwargs)
     texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return texts, inputs.num_visual_tokens.tolist(), inputs.truncated.tolist()
 

@@ -143,12 +143,7 @@ class ChatSession:
             print(describe_image(self.pixels, int(inputs.num_visual_tokens[0]), self.reduction), flush=True)
             self.reported = True
         kwargs = generation_kwargs(self.temperature, max_new_tokens, self.tokenizer)
-        new_tokens = self.model.generate(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            streamer=streamer,
-            **kwargs,
-        )
+        new_tokens = self.model.generate_spliced(inputs, streamer=streamer, **kwargs)
         answer = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
         self.conv.messages[-1][1] = answer
         return answer

@@ -327,9 +327,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         if inputs is None:
             return GenerationMixin.generate(self, attention_mask=attention_mask, **kwargs)
         spliced = self.prepare_multimodal_inputs(inputs, attention_mask, images, padding_side="left")
-        if (
-            self.model.in_llm_reduction() is not None
-        ):  # FastV: which tokens are visual, and the last prompt token
+        return self.generate_spliced(spliced, **kwargs)
+
+    @torch.no_grad()
+    def generate_spliced(self, spliced: MultimodalInputs, **kwargs: Any) -> torch.Tensor:
+        """Generation from inputs already spliced with left padding (see ``prepare_multimodal_inputs``).
+
+        Returns only the new tokens. Callers that need ``num_visual_tokens`` splice first, then call this.
+        """
+        if self.model.in_llm_reduction() is not None:  # FastV: which tokens are visual, the last prompt token
             kwargs.update(visual_mask=spliced.visual_mask, query_index=spliced.inputs_embeds.shape[1] - 1)
         return GenerationMixin.generate(
             self, inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
