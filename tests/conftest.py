@@ -94,3 +94,28 @@ def train_workspace(tmp_path_factory, tiny_tokenizer_dir):
     )
     (root / "data.json").write_text(json.dumps(records))
     return root, base, clip
+
+
+@pytest.fixture(scope="session")
+def tiny_prumerge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full tiny checkpoint recording PruMerge (reference), shared by the front-end tests."""
+    from llava.tiny import build_tiny_llava
+
+    out = tmp_path_factory.mktemp("tiny_prumerge")
+    build_tiny_llava(out, reduction="prumerge")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 200x120 white PNG with three coloured rectangles."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (200, 120), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((10, 10, 60, 60), fill=(255, 0, 0))
+    draw.rectangle((100, 30, 180, 110), fill=(0, 0, 255))
+    draw.rectangle((70, 80, 95, 115), fill=(0, 200, 0))
+    path = tmp_path_factory.mktemp("shapes") / "shapes.png"
+    img.save(path)
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.model.token_reduction import ReductionConfig
@@ -27,26 +27,13 @@ VICUNA_PROMPT = (
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full tiny checkpoint recording PruMerge (reference)."""
-    from llava.tiny import build_tiny_llava
-
-    out = tmp_path_factory.mktemp("cli_ckpt")
-    build_tiny_llava(out, reduction="prumerge")
-    return out
+def ckpt(tiny_prumerge_dir: Path) -> Path:
+    return tiny_prumerge_dir
 
 
 @pytest.fixture(scope="module")
-def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 200x120 white image with three coloured rectangles."""
-    img = Image.new("RGB", (200, 120), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((10, 10, 60, 60), fill=(255, 0, 0))
-    draw.rectangle((100, 30, 180, 110), fill=(0, 0, 255))
-    draw.rectangle((70, 80, 95, 115), fill=(0, 200, 0))
-    path = tmp_path_factory.mktemp("cli_img") / "shapes.png"
-    img.save(path)
-    return path
+def image_file(shapes_image: Path) -> Path:
+    return shapes_image
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from llava.model import available_reducers
 
@@ -30,25 +30,13 @@ def import_predict() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full tiny checkpoint recording PruMerge (reference)."""
-    from llava.tiny import build_tiny_llava
-
-    out = tmp_path_factory.mktemp("cog_ckpt")
-    build_tiny_llava(out, reduction="prumerge")
-    return out
+def ckpt(tiny_prumerge_dir: Path) -> Path:
+    return tiny_prumerge_dir
 
 
 @pytest.fixture(scope="module")
-def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 200x120 white image with two coloured rectangles."""
-    img = Image.new("RGB", (200, 120), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((10, 10, 60, 60), fill=(255, 0, 0))
-    draw.rectangle((100, 30, 180, 110), fill=(0, 0, 255))
-    path = tmp_path_factory.mktemp("cog_img") / "shapes.png"
-    img.save(path)
-    return path
+def image_file(shapes_image: Path) -> Path:
+    return shapes_image
 
 
 @pytest.fixture(scope="module")
