@@ -76,10 +76,9 @@ class LlavaLlamaModel(LlamaModel):
         return getattr(self, "vision_tower", None)
 
     def in_llm_reduction(self) -> ReductionConfig | None:
-        """The configured in-LLM reduction (FastV), or None."""
-        value = getattr(self.config, "mm_token_reduction", None)
-        reduction = ReductionConfig.from_value(value) if value else None
-        return reduction if reduction is not None and reduction.in_llm else None
+        """The configured in-LLM reduction (FastV), or None (the tower holds the parsed reduction)."""
+        tower = self.get_vision_tower()
+        return tower.reduction if tower is not None and tower.reduction.in_llm else None
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, visual_mask=None, query_index=None, **kwargs):  # fmt: skip
@@ -108,7 +107,7 @@ class LlavaLlamaModel(LlamaModel):
         )
         if position_ids is None:
             position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        run = _LayerRun(self, past_key_values, use_cache, kwargs)
+        run = _LayerRun(past_key_values, use_cache, kwargs)
         if layout is None:
             hidden = self._prefill_in_llm(
                 run, embeds, valid, position_ids, visual_mask, query_index, reduction
@@ -161,7 +160,7 @@ class LlavaLlamaModel(LlamaModel):
 class _LayerRun:
     """Calls a decoder layer with the run's cache and extra arguments."""
 
-    def __init__(self, model, cache, use_cache, kwargs) -> None:
+    def __init__(self, cache, use_cache, kwargs) -> None:
         self.cache, self.use_cache, self.kwargs = cache, use_cache, kwargs
 
     def __call__(self, layer, hidden, mask, cos_sin, position_ids):
