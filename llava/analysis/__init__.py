@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from llava.analysis.cost import run_stack, tera
+from llava.analysis.cost import CONVENTIONS, run_stack, tera
 from llava.analysis.roofline import (
     CLIP_TOKENS,
     CLIP_VIT_L_336,
@@ -24,6 +24,7 @@ from llava.analysis.roofline import (
 )
 
 __all__ = [
+    "CONVENTIONS",
     "DEVICES",
     "LLM_PRESETS",
     "PRECISIONS",
@@ -49,6 +50,7 @@ class Estimate:
     visual_tokens: int
     text_tokens: int
     batch: int
+    convention: str
     flops_tera: float
     flops_fp16_equiv_tera: float
     memory_traffic_gb: float
@@ -78,12 +80,16 @@ def estimate(
     text_tokens: int = 40,
     batch: int = 1,
     reduction: str = "custom",
+    convention: str = "exact",
 ) -> Estimate:
-    """Prefill (all prompt tokens) and one decode step (at the prompt's context length)."""
+    """Prefill (all prompt tokens) and one decode step (at the prompt's context length).
+
+    ``convention`` is ``exact`` or ``llm-viewer`` (see :data:`llava.analysis.cost.CONVENTIONS`).
+    """
     bits = PRECISIONS[precision]
     seq = visual_tokens + text_tokens
-    pre = run_stack(llm, batch, seq, seq, bits, device)
-    dec = run_stack(llm, batch, 1, seq + 1, bits, device)
+    pre = run_stack(llm, batch, seq, seq, bits, device, convention)
+    dec = run_stack(llm, batch, 1, seq + 1, bits, device, convention)
     clip = run_stack(CLIP_VIT_L_336, batch, CLIP_TOKENS, CLIP_TOKENS, (16, 16, 16), device)
     return Estimate(
         llm=llm.name,
@@ -93,6 +99,7 @@ def estimate(
         visual_tokens=visual_tokens,
         text_tokens=text_tokens,
         batch=batch,
+        convention=convention,
         flops_tera=tera(pre.ops),
         flops_fp16_equiv_tera=tera(pre.ops) * max(bits[0], bits[1]) / 16,
         memory_traffic_gb=pre.traffic / GIGA,

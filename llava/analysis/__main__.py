@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from llava.analysis import PRECISIONS, REDUCTION_TOKENS, estimate, parse_device, resolve_llm
+from llava.analysis import CONVENTIONS, PRECISIONS, REDUCTION_TOKENS, estimate, parse_device, resolve_llm
 from llava.analysis.roofline import DEVICES, LLM_PRESETS
 
 COLUMNS = (
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--text-tokens", type=int, default=40, help="text tokens in the prompt (default 40)")
     p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument(
+        "--convention",
+        default="exact",
+        choices=CONVENTIONS,
+        help="operator counting: 'exact' charges the SwiGLU activation on the MLP width; 'llm-viewer' on the "
+        "hidden width, as LLM-Viewer (and PruMerge's Table 2) does",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per configuration")
     return p
 
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = [
-        estimate(llm, device, args.precision, n, args.text_tokens, args.batch, label)
+        estimate(llm, device, args.precision, n, args.text_tokens, args.batch, label, args.convention)
         for label, n in _configs(args)
     ]
     if args.json:

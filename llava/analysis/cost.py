@@ -99,29 +99,46 @@ def _attention_ops(
     ]
 
 
-def _elementwise_ops(spec: TransformerSpec, rows: int, a_bits: int) -> list[Op]:
+#: Counting conventions: ``exact`` charges the MLP activation (SiLU x gate) on the MLP's intermediate
+#: width; ``llm-viewer`` charges it as LLM-Viewer does, on ``hidden`` elements (2 ops, 2 inputs, 1 output
+#: per element), which is how PruMerge's Table 2 was computed.
+CONVENTIONS = ("exact", "llm-viewer")
+
+
+def _elementwise_ops(spec: TransformerSpec, rows: int, a_bits: int, convention: str = "exact") -> list[Op]:
     """Two norms (7 ops/element), two residual adds and the MLP activation (x gate for SwiGLU)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}: use one of {CONVENTIONS}")
     a = a_bits / 8
     h, inter = rows * spec.hidden, rows * spec.intermediate
-    act_in = (2 if spec.gated_mlp else 1) * inter
+    if convention == "llm-viewer":
+        mlp_act = Op("mlp_act", ops=2.0 * h, act_in=2 * h * a, act_out=h * a)
+    else:
+        act_in = (2 if spec.gated_mlp else 1) * inter
+        mlp_act = Op("mlp_act", ops=(5.0 if spec.gated_mlp else 8.0) * inter, act_in=act_in * a, act_out=inter * a)
     return [
         Op("attn_norm", ops=7.0 * h, act_in=h * a, act_out=h * a),
         Op("mlp_norm", ops=7.0 * h, act_in=h * a, act_out=h * a),
         Op("attn_add", ops=1.0 * h, act_in=2 * h * a, act_out=h * a),
         Op("mlp_add", ops=1.0 * h, act_in=2 * h * a, act_out=h * a),
-        Op("mlp_act", ops=(5.0 if spec.gated_mlp else 8.0) * inter, act_in=act_in * a, act_out=inter * a),
+        mlp_act,
     ]
 
 
 def layer_ops(
-    spec: TransformerSpec, batch: int, q_len: int, ctx: int, bits: tuple[int, int, int]
+    spec: TransformerSpec,
+    batch: int,
+    q_len: int,
+    ctx: int,
+    bits: tuple[int, int, int],
+    convention: str = "exact",
 ) -> list[Op]:
     """All operators of one block for ``q_len`` new tokens attending to ``ctx`` tokens."""
     rows = batch * q_len
     return (
         _linear_ops(spec, rows, bits)
         + _attention_ops(spec, batch, q_len, ctx, bits)
-        + _elementwise_ops(spec, rows, bits[1])
+        + _elementwise_ops(spec, rows, bits[1], convention)
     )
 
 
@@ -138,12 +155,18 @@ def head_op(spec: TransformerSpec, batch: int, bits: tuple[int, int, int]) -> Op
 
 
 def run_stack(
-    spec: TransformerSpec, batch: int, q_len: int, ctx: int, bits: tuple[int, int, int], device: Device
+    spec: TransformerSpec,
+    batch: int,
+    q_len: int,
+    ctx: int,
+    bits: tuple[int, int, int],
+    device: Device,
+    convention: str = "exact",
 ) -> Totals:
     """Roofline totals of the whole stack for one forward step."""
     peak, bandwidth = device.peak(bits[0], bits[1]), device.bandwidth_gbps * GIGA
     totals = Totals()
-    for op in layer_ops(spec, batch, q_len, ctx, bits):
+    for op in layer_ops(spec, batch, q_len, ctx, bits, convention):
         totals.add(op, spec.layers, peak, bandwidth)
     if spec.vocab:
         totals.add(head_op(spec, batch, bits), 1, peak, bandwidth)
