@@ -115,7 +115,9 @@ def _elementwise_ops(spec: TransformerSpec, rows: int, a_bits: int, convention: 
         mlp_act = Op("mlp_act", ops=2.0 * h, act_in=2 * h * a, act_out=h * a)
     else:
         act_in = (2 if spec.gated_mlp else 1) * inter
-        mlp_act = Op("mlp_act", ops=(5.0 if spec.gated_mlp else 8.0) * inter, act_in=act_in * a, act_out=inter * a)
+        mlp_act = Op(
+            "mlp_act", ops=(5.0 if spec.gated_mlp else 8.0) * inter, act_in=act_in * a, act_out=inter * a
+        )
     return [
         Op("attn_norm", ops=7.0 * h, act_in=h * a, act_out=h * a),
         Op("mlp_norm", ops=7.0 * h, act_in=h * a, act_out=h * a),
