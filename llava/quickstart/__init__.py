@@ -1,6 +1,7 @@
 """Quick-start pipeline: a synthetic shapes dataset, a tiny LLaVA trained on it, and its evaluation.
 
-Step 1 lives in :mod:`llava.quickstart.data` (:func:`~llava.quickstart.data.generate_dataset`).
+:mod:`llava.quickstart.data` writes the dataset, :mod:`llava.quickstart.tower` pretrains the vision tower
+and :mod:`llava.quickstart.pipeline` runs every stage (``python -m llava.quickstart``).
 """
 
 from llava.quickstart.data import DatasetPaths, generate_dataset

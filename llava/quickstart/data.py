@@ -9,7 +9,9 @@
     pope/coco/coco_pope_<c>.json  POPE labels, one JSON object per line, matched by position
     scienceqa/llava_test_CQM-A.json, scienceqa/pid_splits.json
     vqa/questions.jsonl, vqa/answers.json   short-answer questions and their ground truth
+    vqa/textvqa_val.json          the same ground truth in TextVQA's annotation layout (for eval_textvqa)
     eval_meta.json                {image: {"n_objects": k, "objects": [...]}} for every eval image
+    scenes.json                   {"train": {image: objects}, "eval": {...}} (the vision tower's targets)
     manifest.json                 the arguments and file counts; a matching manifest means "reuse"
 
 All eval image paths are relative to ``images/`` (pass it as the runners' image folder).
@@ -26,8 +28,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 5
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
+MC_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -67,7 +70,9 @@ class DatasetPaths:
     sqa_questions: Path
     vqa_questions: Path
     vqa_answers: Path
+    vqa_annotations: Path
     eval_meta: Path
+    scenes: Path
     manifest: Path
     reused: bool = False
 
@@ -86,7 +91,9 @@ class DatasetPaths:
             sqa_questions=root / "scienceqa" / "llava_test_CQM-A.json",
             vqa_questions=root / "vqa" / "questions.jsonl",
             vqa_answers=root / "vqa" / "answers.json",
+            vqa_annotations=root / "vqa" / "textvqa_val.json",
             eval_meta=root / "eval_meta.json",
+            scenes=root / "scenes.json",
             manifest=root / "manifest.json",
             reused=reused,
         )
@@ -185,22 +192,11 @@ def absent_pairs(scene: Scene) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _presence_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
-    """A balanced yes/no "Is there a <colour> <shape>?" question and its answer."""
-    if rng.random() < 0.5:
-        obj = rng.choice(scene)
-        colour, shape, answer = obj["colour"], obj["shape"], "Yes"
-    else:
-        colour, shape = rng.choice(absent_pairs(scene))
-        answer = "No"
-    return f"Is there a {colour} {shape} in the image?{SHORT_SUFFIX}", answer
-
-
 def train_turns(rng: random.Random, scene: Scene) -> list[tuple[str, str]]:
-    """1–3 (question, answer) turns about ``scene``: counts, colours, presence and captions."""
+    """4–5 (question, answer) turns about ``scene``: a yes and a no presence question (so that the answer
+    depends on the question, not only on the image), plus counts, colours, multiple choice or a caption."""
     options: list[tuple[str, str]] = [
         (f"How many shapes are there?{SHORT_SUFFIX}", str(len(scene))),
-        _presence_question(rng, scene),
         ("Describe the image briefly.", caption(scene)),
     ]
     colour = rng.choice(scene)["colour"]
@@ -210,8 +206,17 @@ def train_turns(rng: random.Random, scene: Scene) -> list[tuple[str, str]]:
     if unique:
         obj = rng.choice(unique)
         options.append((f"What colour is the {obj['shape']}?{SHORT_SUFFIX}", obj["colour"]))
+    question, choices, gold = sqa_item(rng, scene)  # multiple choice, as A-OKVQA in LLaVA-1.5's mix
+    options.append((f"{multiple_choice_text(question, choices)}{MC_SUFFIX}", chr(65 + gold)))
     rng.shuffle(options)
-    return options[: rng.choice((1, 1, 2, 3))]
+    obj = rng.choice(scene)
+    colour, shape = rng.choice(absent_pairs(scene))
+    turns = options[: rng.choice((2, 3))] + [
+        (f"Is there a {obj['colour']} {obj['shape']} in the image?{SHORT_SUFFIX}", "Yes"),
+        (f"Is there a {colour} {shape} in the image?{SHORT_SUFFIX}", "No"),
+    ]
+    rng.shuffle(turns)
+    return turns  # several turns share one image's visual tokens, as in LLaVA's data
 
 
 def conversation(turns: list[tuple[str, str]], with_image: bool) -> list[dict[str, str]]:
@@ -263,6 +268,12 @@ def sqa_item(rng: random.Random, scene: Scene) -> tuple[str, list[str], int]:
     gold = options[0]
     rng.shuffle(options)
     return question, options, options.index(gold)
+
+
+def multiple_choice_text(question: str, options: list[str]) -> str:
+    """ScienceQA's layout: context, question, then one ``A. option`` line per option."""
+    listed = "\n".join(f"{chr(65 + k)}. {opt}" for k, opt in enumerate(options))
+    return f"Context: {SQA_CONTEXT}\n{question}\n{listed}"
 
 
 def vqa_questions(rng: random.Random, scene: Scene) -> list[tuple[str, str, str]]:
@@ -354,8 +365,7 @@ def _write_sqa(paths: DatasetPaths, scenes: dict[str, Scene], seed: int) -> int:
     items = []
     for index, (name, scene) in enumerate(scenes.items()):
         question, options, gold = sqa_item(rng, scene)
-        listed = "\n".join(f"{chr(65 + k)}. {opt}" for k, opt in enumerate(options))
-        human = f"<image>\nContext: {SQA_CONTEXT}\n{question}\n{listed}"
+        human = f"<image>\n{multiple_choice_text(question, options)}"
         items.append({"id": str(index + 1), "image": name,
                       "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": chr(65 + gold)}]})  # fmt: skip
     _write_json(paths.sqa_questions, items)
@@ -375,6 +385,12 @@ def _write_vqa(paths: DatasetPaths, scenes: dict[str, Scene], seed: int) -> int:
             answers[str(qid)] = answer
     _write_jsonl(paths.vqa_questions, questions)
     _write_json(paths.vqa_answers, answers)
+    # TextVQA's annotation layout, so that ``llava.eval.eval_textvqa`` scores these answers: it matches an
+    # answer by (question_id, question) against (image_id, question), hence image_id = question_id here.
+    annotations = [{"question_id": q["question_id"], "image_id": q["question_id"],
+                    "question": q["text"].removesuffix(SHORT_SUFFIX), "answers": [answers[str(q["question_id"])]] * 10}
+                   for q in questions]  # fmt: skip
+    _write_json(paths.vqa_annotations, {"dataset_name": "quickstart-shapes", "data": annotations})
     return len(questions)
 
 
@@ -428,6 +444,7 @@ def generate_dataset(
     counts["vqa"] = _write_vqa(paths, eval_scenes, seed)
     meta = {name: {"n_objects": len(scene), "objects": scene} for name, scene in eval_scenes.items()}
     _write_json(paths.eval_meta, meta)
+    _write_json(paths.scenes, {"train": train_scenes, "eval": eval_scenes})
     files = [p.relative_to(paths.root).as_posix() for p in sorted(paths.root.rglob("*.json*")) if p.is_file()]
     _write_json(paths.manifest, {"arguments": arguments, "counts": counts, "files": files})
     return paths
