@@ -12,7 +12,7 @@ The model is an in-memory ``LlavaLlamaForCausalLM`` with **random weights** (no 
 
 As in ``bench_tower.py``, every tower layer's ``q_proj``/``k_proj`` weights are multiplied by
 ``--qk-scale`` (8) so the class attention is peaky and PruMerge finds outliers. On a CPU the Llama is
-truncated to ``--llm-layers`` (2 by default) decoder layers: a full 7B prefill takes minutes on a
+truncated to ``--llm-layers`` (1 by default) decoder layers: a full 7B prefill takes minutes on a
 small CPU. The JSON records ``llm_layers`` and ``llm_layers_full``.
 
 Measured for each reducer setting (``none``, ``prumerge``, ``prumerge_plus`` and ``prumerge`` with
@@ -39,7 +39,7 @@ fixed budgets of 64, 128 and 192 tokens), all under ``torch.inference_mode()``:
 
 Usage::
 
-    python benchmarks/bench_e2e.py                                    # CPU, 7B shapes, 2 LLM layers
+    python benchmarks/bench_e2e.py                                    # CPU, 7B shapes, 1 LLM layer 
     python benchmarks/bench_e2e.py --device cuda                      # GPU, 7B, bfloat16, all layers
     python benchmarks/bench_e2e.py --device cuda --shape 13b
 """
