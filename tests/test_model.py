@@ -160,6 +160,24 @@ def test_batched_greedy_generate_equals_single(tiny_llava):
             assert batched[i, : single.shape[1]].tolist() == single[0].tolist()
 
 
+def test_generate_runs_the_lm_head_on_the_last_prompt_position_only(tiny_llava):
+    """Prefill inside ``generate`` asks for one position of logits, not one per prompt token."""
+    tokenizer, model = tiny_llava
+    widths = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _o: widths.append(args[0].shape[1]))
+    try:
+        seq = prompt_ids(tokenizer, "What is this?")
+        model.generate(seq[None], images=images(1, seed=3), max_new_tokens=3, do_sample=False)
+    finally:
+        hook.remove()
+    assert widths == [1, 1, 1]  # prefill and two decoding steps
+    with torch.no_grad():
+        full = model(input_ids=seq[None], images=images(1, seed=3))
+        last = model(input_ids=seq[None], images=images(1, seed=3), logits_to_keep=1)
+    assert last.logits.shape[1] == 1 and full.logits.shape[1] > 1
+    torch.testing.assert_close(last.logits[:, -1], full.logits[:, -1])
+
+
 def test_text_only_samples_go_through_unchanged(tiny_llava):
     tokenizer, model = tiny_llava
     text = prompt_ids(tokenizer, "What is this?", image=False)[None]

@@ -269,6 +269,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         image_sizes: Any = None,
         visual_mask: torch.Tensor | None = None,
         query_index: int | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> LlavaCausalLMOutput:
         """Llama's forward, after splicing ``images`` into ``input_ids``.
@@ -276,6 +277,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         Splicing happens when ``images`` are given, and in training for every batch (a text-only batch
         splices zero images). The output adds ``truncated`` and ``num_visual_tokens`` per sample.
         ``visual_mask`` / ``query_index`` are for FastV when ``inputs_embeds`` are given directly.
+        ``logits_to_keep`` is Llama's (0 = every position); being in this signature is what makes
+        ``generate`` ask for the last position only in prefill instead of the LM head over the whole prompt.
         """
         spliced = None
         if inputs_embeds is None and input_ids is not None and (images is not None or self.training):
@@ -296,6 +299,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
         return LlavaCausalLMOutput(
