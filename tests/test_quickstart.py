@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llava.model.builder import checkpoint_kind
-from llava.quickstart.pipeline import METHODS, PRESETS, StageError, run_quickstart, spatial_budget
+from llava.quickstart.pipeline import METHODS, PRESETS, StageError, pearson, run_quickstart, spatial_budget
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -108,3 +109,9 @@ def test_spatial_budget_is_a_lattice_that_fits():
     assert spatial_budget(36, 12) == 36
     assert spatial_budget(200, 12) == 144
     assert spatial_budget(1, 12) == 1
+
+
+def test_correlation_of_kept_tokens():
+    assert pearson([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
+    assert pearson([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert math.isnan(pearson([1.0, 2.0], [5.0, 5.0]))  # a constant kept count has no correlation

@@ -13,9 +13,9 @@ and scorers (``llava.eval.model_vqa_loader``, ``model_vqa_science``, ``eval_pope
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -413,11 +413,11 @@ def kept_vs_objects(layout: Layout, answers: Path) -> dict[str, Any]:
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:
-    """Pearson's r (NaN when either list is constant)."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+    """Pearson's r, NaN when it is undefined (fewer than two points, or a constant list)."""
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:
+        return float("nan")
 
 
 def draw_kept_tokens(layout: Layout, cfg: QuickstartConfig) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -140,7 +139,6 @@ def pretrain_tower(
     """
     root, out_dir = Path(dataset_root), Path(out_dir)
     scenes = json.loads((root / "scenes.json").read_text(encoding="utf-8"))
-    random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_image_processor(out_dir, cfg.image_size)
