@@ -705,7 +705,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.llm_layers = full if on_gpu or args.shape == "tiny" else 1
     if not 1 <= args.llm_layers <= full:
         parser.error(f"--llm-layers must be between 1 and {full} for --shape {args.shape}")
-    args.batch_sizes = sorted(set(args.batch_sizes or ([1, 8, 32] if on_gpu else [1, 4])) | {1})
+    args.batch_sizes = sorted(set(args.batch_sizes or ([1, 8, 16, 32] if on_gpu else [1, 4])) | {1})
     args.repeats = args.repeats or (10 if on_gpu else 3)
     if args.warmup is None:
         args.warmup = 1 if on_gpu else 0
