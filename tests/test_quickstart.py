@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from llava.model.builder import checkpoint_kind
-from llava.quickstart.pipeline import METHODS, PRESETS, StageError, pearson, run_quickstart, spatial_budget
+from llava.quickstart.data import DatasetPaths, generate_dataset
+from llava.quickstart.pipeline import (
+    METHODS,
+    PRESETS,
+    StageError,
+    pearson,
+    pope_items,
+    rank_auc,
+    run_quickstart,
+    spatial_budget,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -67,6 +77,36 @@ def test_token_counts_follow_each_reducer(reduced_run):
     assert results["spatial"]["visual_tokens"] == spatial_budget(budget, 12)
     corr = summary["kept_tokens_vs_objects"]
     assert corr["images"] == PRESETS["reduced"].n_eval
+
+
+def test_pope_margins_cover_every_question(reduced_run):
+    out, summary, _ = reduced_run
+    margins = summary["pope_margin_auc"]
+    assert margins["questions"] == len(pope_items(DatasetPaths.under(out / "data")))
+    assert margins["questions"] == sum(1 for _ in (out / "data" / "pope" / "llava_pope_test.jsonl").open())
+    for key in ("with_image", "text_only"):
+        assert 0.0 <= margins[key]["auc"] <= 1.0
+    # the question alone gives the same margin to every copy of one question text; with the image it differs
+    assert margins["with_image"]["mean_margin_present"] != margins["text_only"]["mean_margin_present"]
+    assert "ROC AUC" in (out / "summary.md").read_text()
+
+
+def test_pope_items_pair_each_question_with_its_label(tmp_path):
+    data = generate_dataset(tmp_path, n_train=4, n_eval=5, image_size=56, seed=3)
+    items = pope_items(data)
+    scenes = json.loads(data.scenes.read_text())["eval"]
+    assert len(items) == 5 * 3 * 2
+    for image, text, present in items:
+        colour, shape = text.removeprefix("Is there a ").split()[:2]
+        assert present == any(o["colour"] == colour and o["shape"] == shape for o in scenes[image])
+
+
+def test_rank_auc():
+    assert rank_auc([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert rank_auc([0.0, 1.0], [2.0, 3.0]) == 0.0
+    assert rank_auc([1.0, 1.0], [1.0]) == 0.5  # ties count one half
+    assert rank_auc([3.0, 0.0], [1.0, 2.0]) == 0.5
+    assert math.isnan(rank_auc([], [1.0]))
 
 
 def test_second_run_reuses_every_stage(reduced_run):

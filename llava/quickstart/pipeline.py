@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llava.quickstart.data import MANIFEST_VERSION, DatasetPaths, generate_dataset
+from llava.quickstart.data import MANIFEST_VERSION, POPE_ID_OFFSETS, DatasetPaths, generate_dataset
 from llava.quickstart.tower import TowerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -392,6 +392,80 @@ def score(layout: Layout, answers: dict[str, Path]) -> dict[str, Any]:
     }
 
 
+def pope_items(data: DatasetPaths) -> list[tuple[str, str, bool]]:
+    """(image, question text, label is "yes") for every POPE question (labels matched by position, as POPE)."""
+    from llava.eval.io import read_jsonl
+
+    labels = {
+        category: [
+            row["label"] == "yes" for row in read_jsonl(data.pope_labels / f"coco_pope_{category}.json")
+        ]
+        for category in POPE_ID_OFFSETS
+    }
+    return [
+        (q["image"], q["text"], labels[q["category"]][q["question_id"] - POPE_ID_OFFSETS[q["category"]] - 1])
+        for q in read_jsonl(data.pope_questions)
+    ]
+
+
+def rank_auc(positives: list[float], negatives: list[float]) -> float:
+    """Area under the ROC curve of scores (Mann-Whitney U / (n_pos * n_neg), ties count one half)."""
+    if not positives or not negatives:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def presence_margins(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
+    """How much the finetuned model's yes/no on POPE questions depends on the image (threshold-free).
+
+    For every POPE question, the log-probability margin ``log P(Yes) - log P(No)`` of the first answer token
+    (all visual tokens, teacher-forced prompt as the runner builds it), once with the image and once with the
+    question alone. ``auc`` is the ROC area of the margin against the labels: 0.5 means the answer does not
+    separate present from absent objects, whatever threshold greedy decoding happens to use.
+    """
+    import torch
+
+    from llava.eval.runner import build_prompt, left_pad
+    from llava.mm_utils import load_image, process_images, tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(
+        str(layout.finetune), str(layout.base), device="cpu", token_reduction="none"
+    )
+    yes, no = (tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No"))
+    items = pope_items(layout.data)
+    result: dict[str, Any] = {"questions": len(items)}
+    for with_image in (True, False):
+        margins = []
+        for start in range(0, len(items), cfg.eval_batch_size):
+            chunk = items[start : start + cfg.eval_batch_size]
+            prefix = "<image>\n" if with_image else ""
+            ids = [tokenizer_image_token(build_prompt("vicuna_v1", prefix + text), tokenizer, return_tensors="pt")
+                   for _, text, _ in chunk]  # fmt: skip
+            input_ids, mask = left_pad(ids, tokenizer.pad_token_id or 0)
+            if with_image:
+                images = [load_image(layout.data.images / name) for name, _, _ in chunk]
+                pixels = process_images(images, processor, getattr(model.config, "image_aspect_ratio", "pad"))
+            else:
+                pixels = torch.zeros(0, 3, 1, 1)
+            with torch.no_grad():
+                spliced = model.prepare_multimodal_inputs(input_ids, mask, pixels, padding_side="left")
+                logits = model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                               position_ids=spliced.position_ids, logits_to_keep=1).logits[:, -1]  # fmt: skip
+            logp = logits.float().log_softmax(-1)
+            margins += (logp[:, yes] - logp[:, no]).tolist()
+        positives = [m for m, (_, _, label) in zip(margins, items) if label]
+        negatives = [m for m, (_, _, label) in zip(margins, items) if not label]
+        key = "with_image" if with_image else "text_only"
+        result[key] = {
+            "auc": rank_auc(positives, negatives),
+            "mean_margin_present": statistics.fmean(positives) if positives else float("nan"),
+            "mean_margin_absent": statistics.fmean(negatives) if negatives else float("nan"),
+        }
+    return result
+
+
 def kept_vs_objects(layout: Layout, answers: Path) -> dict[str, Any]:
     """Pearson correlation of each eval image's kept-token count with its number of objects."""
     from llava.eval.io import read_jsonl
@@ -534,6 +608,7 @@ def run_quickstart(
             budget = max(1, round(results[method]["visual_tokens"]))
     timings["6/6 evaluation"] = time.time() - t0
     correlation = kept_vs_objects(layout, answers["prumerge"]["pope"])
+    presence = presence_margins(layout, cfg)
     pictures = draw_kept_tokens(layout, cfg)
     assert budget is not None
     table1, table4 = markdown_tables(results, budget)
@@ -544,6 +619,7 @@ def run_quickstart(
         "chance": CHANCE,
         "prumerge_budget_for_table4": budget,
         "kept_tokens_vs_objects": correlation,
+        "pope_margin_auc": presence,
         "tower_pretraining": json.loads((layout.tower / "pretrain_log.json").read_text(encoding="utf-8"))[
             "epochs"
         ][-1],
@@ -558,6 +634,9 @@ def run_quickstart(
         + f"\n## Table 4: PruMerge vs. sampling at PruMerge's mean token count ({budget})\n\n" + table4
         + f"\nPruMerge's kept tokens vs. objects per image: Pearson r = {correlation['pearson_r']:.2f} over "
         f"{correlation['images']} images (mean kept by object count: {by_objects})\n"
+        + f"\nPOPE, threshold-free (log P(Yes) - log P(No) of the first answer token, all tokens): ROC AUC "
+        f"{presence['with_image']['auc']:.2f} with the image, {presence['text_only']['auc']:.2f} from the question "
+        "alone (0.5: present and absent objects not separated)\n"
         + "\nKept-token pictures: " + ", ".join(pictures) + "\n"
     )  # fmt: skip
     (layout.root / "summary.md").write_text(text, encoding="utf-8")
