@@ -96,6 +96,17 @@ def test_pretraining_saves_only_the_projector(train_workspace, tmp_path):
     ]
 
 
+def test_the_seed_fixes_the_new_weights(train_workspace, tmp_path):
+    root, base, clip = train_workspace
+    args = ["--tune_mm_mlp_adapter", "True", "--version", "plain", "--learning_rate", "1e-3", "--max_steps", "1"]
+    states = []
+    for name in ("a", "b"):
+        torch.rand(1000)  # a different global random state before each run
+        main(common_args(root, base, clip, tmp_path / name, *args))
+        states.append(torch.load(tmp_path / name / "mm_projector.bin"))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_lora_resume_reproduces_the_uninterrupted_losses(train_workspace, tmp_path):
     root, base, clip = train_workspace
     args = ["--lora_enable", "True", "--lora_r", "8", "--learning_rate", "1e-3", "--max_steps", "6",

@@ -149,6 +149,8 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token  # LLaVA-1.5: pad = unk (id 0)
     config = llava_config(model_args, training_args, data_args)
+    # --seed also fixes the weights created here (projector, LoRA), not only the Trainer's shuffling
+    transformers.set_seed(training_args.seed)
     model = build_model(model_args, training_args, config, attn_implementation)
     from llava.mm_utils import load_image_processor
 
