@@ -105,3 +105,45 @@ def test_train_dataset_loads(dataset, tiny_tokenizer_dir, tmp_path):
     item = ds[0]
     assert item["image"].shape[-1] == 64
     assert (item["labels"] != -100).any()
+
+
+def test_either_or_questions_offer_the_answer_and_one_wrong_option():
+    import random
+
+    from llava.quickstart.data import COLOURS, SHAPES, choice_turns, sample_scene
+
+    seen = set()
+    for seed in range(200):
+        rng = random.Random(seed)
+        scene = sample_scene(rng, 168)
+        for question, answer in choice_turns(rng, scene):
+            shape = re.match(r"Is the (\w+) (\w+) or (\w+)\?", question)
+            colour = re.match(r"Is the (\w+) shape a (\w+) or a (\w+)\?", question)
+            if colour:  # "Is the red shape a circle or a square?": the one red object's shape
+                named, options = colour.group(1), colour.groups()[1:]
+                matching = [o["shape"] for o in scene if o["colour"] == named]
+                assert named in COLOURS and set(options) <= set(SHAPES)
+                seen.add("shape")
+            else:  # "Is the circle red or blue?": the one circle's colour
+                named, options = shape.group(1), shape.groups()[1:]
+                matching = [o["colour"] for o in scene if o["shape"] == named]
+                assert named in SHAPES and set(options) <= set(COLOURS)
+                seen.add("colour")
+            assert matching == [answer]
+            assert answer in options and options[0] != options[1]
+    assert seen == {"colour", "shape"}
+
+
+def test_each_image_has_two_present_and_two_absent_pairs_asked(dataset):
+    scenes = read_json(dataset.root / "scenes.json")["train"]
+    train = [s for s in json.loads(dataset.train.read_text()) if "image" in s]
+    for sample in train:
+        turns = sample["conversations"]
+        presence = [
+            (re.search(r"Is there a (\w+) (\w+) in", q["value"]).groups(), a["value"])
+            for q, a in zip(turns[::2], turns[1::2])
+            if "Is there a" in q["value"]
+        ]
+        assert sorted(answer for _, answer in presence) == ["No", "No", "Yes", "Yes"]
+        present = {(o["colour"], o["shape"]) for o in scenes[sample["image"]]}
+        assert all((pair in present) == (answer == "Yes") for pair, answer in presence)

@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-MANIFEST_VERSION = 5
+MANIFEST_VERSION = 6
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 MC_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 SHAPES = ("circle", "square", "triangle")
@@ -209,14 +209,38 @@ def train_turns(rng: random.Random, scene: Scene) -> list[tuple[str, str]]:
     question, choices, gold = sqa_item(rng, scene)  # multiple choice, as A-OKVQA in LLaVA-1.5's mix
     options.append((f"{multiple_choice_text(question, choices)}{MC_SUFFIX}", chr(65 + gold)))
     rng.shuffle(options)
-    obj = rng.choice(scene)
-    colour, shape = rng.choice(absent_pairs(scene))
-    turns = options[: rng.choice((2, 3))] + [
-        (f"Is there a {obj['colour']} {obj['shape']} in the image?{SHORT_SUFFIX}", "Yes"),
-        (f"Is there a {colour} {shape} in the image?{SHORT_SUFFIX}", "No"),
-    ]
+    turns = options[: rng.choice((2, 3))] + choice_turns(rng, scene)
+    for _ in range(2):
+        obj = rng.choice(scene)
+        colour, shape = rng.choice(absent_pairs(scene))
+        turns += [
+            (f"Is there a {obj['colour']} {obj['shape']} in the image?{SHORT_SUFFIX}", "Yes"),
+            (f"Is there a {colour} {shape} in the image?{SHORT_SUFFIX}", "No"),
+        ]
     rng.shuffle(turns)
     return turns  # several turns share one image's visual tokens, as in LLaVA's data
+
+
+def choice_turns(rng: random.Random, scene: Scene) -> list[tuple[str, str]]:
+    """Either-or questions ("Is the circle red or blue?", "Is the red shape a circle or a square?") about
+    objects whose shape, or colour, occurs once. The answer is one of the two words the question offers, so
+    the model first learns to carry the asked words to the answer, then to check them against the image: the
+    step that presence questions, where neither the question nor the image alone predicts the answer, need."""
+    turns = []
+    unique = unique_shapes(scene)
+    if unique:
+        obj = rng.choice(unique)
+        options = [obj["colour"], rng.choice([c for c in COLOURS if c != obj["colour"]])]
+        rng.shuffle(options)
+        turns.append((f"Is the {obj['shape']} {options[0]} or {options[1]}?{SHORT_SUFFIX}", obj["colour"]))
+    colours = Counter(o["colour"] for o in scene)
+    single = [o for o in scene if colours[o["colour"]] == 1]
+    if single:
+        obj = rng.choice(single)
+        options = [obj["shape"], rng.choice([s for s in SHAPES if s != obj["shape"]])]
+        rng.shuffle(options)
+        turns.append((f"Is the {obj['colour']} shape a {options[0]} or a {options[1]}?{SHORT_SUFFIX}", obj["shape"]))
+    return turns
 
 
 def conversation(turns: list[tuple[str, str]], with_image: bool) -> list[dict[str, str]]:
