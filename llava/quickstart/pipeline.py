@@ -37,21 +37,26 @@ METHODS = ("none", "prumerge", "prumerge_plus", "sequential", "spatial")
 class QuickstartConfig:
     """Sizes and schedule of one quickstart run (``full`` and ``reduced`` presets below)."""
 
-    n_train: int = 800
+    n_train: int = 2400
     n_eval: int = 150
-    tower: TowerConfig = field(default_factory=TowerConfig)
-    llm_hidden: int = 256
-    llm_layers: int = 4
+    tower: TowerConfig = field(default_factory=lambda: TowerConfig(epochs=2))
+    # A 2-layer, width-64 LLM: each finetuning step is cheap, so the run affords ~750 of them; questions that
+    # look something up in the image are learned only after several hundred steps, at any width tried.
+    llm_hidden: int = 64
+    llm_layers: int = 2
     llm_heads: int = 4
     vocab_size: int = 800
-    llm_text_epochs: int = 2
+    llm_text_epochs: int = 3
     llm_text_lr: float = 1e-3
     pretrain_epochs: float = 1.0
     pretrain_lr: float = 1e-3
-    finetune_epochs: float = 2.0
-    finetune_lr: float = 1e-3
-    lora_r: int = 64
-    lora_alpha: int = 128
+    finetune_epochs: float = 5.0
+    finetune_lr: float = 2e-3
+    #: The LR stays up after warm-up: answers that look something up in the image are learned in a late jump
+    #: (after several hundred steps), which the published cosine decay damps just when it would come.
+    finetune_schedule: str = "constant_with_warmup"
+    lora_r: int = 32
+    lora_alpha: int = 64
     batch_size: int = 16
     eval_batch_size: int = 32
     visualise: int = 4
@@ -282,6 +287,7 @@ def stage_finetune(layout: Layout, cfg: QuickstartConfig, echo: Callable[[str], 
            "PER_DEVICE_BATCH": str(cfg.batch_size), "LEARNING_RATE": str(cfg.finetune_lr)}  # fmt: skip
     flags = small_run_flags(cfg, cfg.finetune_epochs, cfg.finetune_lr) + [
         "--lora_r", str(cfg.lora_r), "--lora_alpha", str(cfg.lora_alpha), "--mm_projector_lr", str(cfg.finetune_lr),
+        "--lr_scheduler_type", cfg.finetune_schedule,
     ]  # fmt: skip
     script = SCRIPTS / "finetune_lora_prumerge_plus.sh"
     run_logged(["bash", str(script), *flags], env, layout.logs / "finetune.log", echo)
