@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="checkpoints/quickstart", help="where everything goes "
                         "(default: checkpoints/quickstart)")  # fmt: skip
     parser.add_argument("--preset", default="full", choices=sorted(PRESETS),
-                        help="full (about 10 minutes on 2 CPU cores) or reduced (a smoke run)")  # fmt: skip
+                        help="full (about 8 minutes on 2 CPU cores) or reduced (a smoke run)")  # fmt: skip
     return parser
 
 
