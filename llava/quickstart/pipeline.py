@@ -40,7 +40,7 @@ class QuickstartConfig:
     n_train: int = 2400
     n_eval: int = 150
     tower: TowerConfig = field(default_factory=lambda: TowerConfig(epochs=2))
-    # A 2-layer, width-64 LLM: each finetuning step is cheap, so the run affords ~750 of them; questions that
+    # A 2-layer, width-64 LLM: each finetuning step is cheap, so the run affords ~770 of them; questions that
     # look something up in the image are learned only after several hundred steps, at any width tried.
     llm_hidden: int = 64
     llm_layers: int = 2
