@@ -7,14 +7,14 @@ cache holds only the kept tokens. The one attention row is computed from layer K
 keys (:func:`query_attention`), so every layer keeps its configured attention kernel (SDPA,
 flash-attention): nothing switches the model to eager attention.
 
-This module holds the tensor functions; the layer loop that calls them is
-``LlavaLlamaModel._forward_in_llm``, the one hook point in the language model.
+:class:`FastV` is an in-LLM method for :class:`llava.model.token_reduction.in_llm.InLLMPruning`, the
+hooks on the decoder layers' calls that prune the sequence, slice masks and position embeddings, and
+keep the pruned layout on the KV cache.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -29,21 +29,6 @@ from llava.model.token_reduction.registry import register_reducer
 def reduce_fastv(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """The tower keeps every token; the language model drops visual tokens after layer ``llm_layer``."""
     return reduce_none(inputs, config)
-
-
-@dataclass
-class PrunedLayout:
-    """Where the kept tokens of the prefill sit, for the layers after K (stored on the KV cache).
-
-    Attributes:
-        full_length: length of the prefill sequence (before pruning).
-        index: ``[B, L']`` positions of the kept tokens in the full sequence, right-aligned.
-        valid: ``[B, L']`` True for kept tokens, False for the left padding of the packed layout.
-    """
-
-    full_length: int
-    index: torch.Tensor
-    valid: torch.Tensor
 
 
 def query_attention(
@@ -98,25 +83,19 @@ def kept_tokens(scores: torch.Tensor, visual: torch.Tensor, real: torch.Tensor, 
     return real & (~visual | (rank < keep[:, None]))
 
 
-def pack(keep: torch.Tensor, full_length: int) -> PrunedLayout:
-    """Right-aligned layout of the kept positions (left padding, as in batched generation)."""
-    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
-    key = torch.where(keep, positions, -1)
-    width = int(keep.sum(dim=1).max())  # one host sync, to size the pruned sequence
-    index = key.sort(dim=1).values[:, keep.shape[1] - width :]  # [B, L']
-    return PrunedLayout(full_length, index.clamp(min=0), index >= 0)
+class FastV:
+    """FastV as an in-LLM method: after layer ``llm_layer``, the top visual tokens by the query's attention."""
 
+    def __init__(self, config: ReductionConfig) -> None:
+        self.config = config
+        self.prune_layers = (config.llm_layer,)
 
-def additive_mask(key_valid: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor:
-    """A causal ``[B, 1, Q, K]`` additive mask over the last ``Q`` of ``K`` keys, with padding masked.
+    def before_layer(self, layer_idx, layer, hidden, layer_kwargs, step) -> None:
+        """Scores every token by the last prompt token's attention in this layer (its own q/k, any kernel)."""
+        query = int(step.query_position()[0])  # one column for the whole batch (left padding)
+        step.scores[layer_idx] = query_attention(layer, hidden, layer_kwargs["position_embeddings"],
+                                                 step.valid, query)  # fmt: skip
 
-    Every query may see itself, so a padding row never has all its keys masked (no NaN).
-    """
-    kv = key_valid.shape[1]
-    key_pos = torch.arange(kv, device=key_valid.device)
-    query_pos = key_pos[kv - query_length :]
-    allowed = (key_pos[None, :] <= query_pos[:, None])[None] & key_valid[:, None, :]  # [B, Q, K]
-    allowed |= (key_pos[None, :] == query_pos[:, None])[None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )[:, None]
+    def keep(self, layer_idx, hidden, step) -> torch.Tensor:
+        return kept_tokens(step.scores.pop(layer_idx), step.visual, step.valid, self.config.budget,
+                           self.config.ratio)  # fmt: skip

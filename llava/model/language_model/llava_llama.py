@@ -7,13 +7,14 @@ are not part of the checkpoint: they are loaded from ``mm_vision_tower``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationMixin, LlamaConfig, LlamaModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers import GenerationMixin, LlamaConfig, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
 from llava.model import fastv
@@ -22,6 +23,7 @@ from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.token_reduction import ReductionConfig
+from llava.model.token_reduction.in_llm import InLLMPruning
 
 VISION_TOWER_PREFIX = "model.vision_tower."
 
@@ -71,6 +73,9 @@ class LlavaLlamaModel(LlamaModel):
         if getattr(config, "mm_vision_tower", None):
             self.vision_tower = build_vision_tower(config, load_weights=False)
             self.mm_projector = build_vision_projector(config)
+        # hooks on the decoder layers' calls, idle unless an in-LLM reduction (FastV) runs a forward pass
+        self.in_llm = InLLMPruning(self.layers, config)
+        self._in_llm_method = None
 
     def get_vision_tower(self) -> CLIPVisionTower | None:
         return getattr(self, "vision_tower", None)
@@ -80,92 +85,14 @@ class LlavaLlamaModel(LlamaModel):
         tower = self.get_vision_tower()
         return tower.reduction if tower is not None and tower.reduction.in_llm else None
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, visual_mask=None, query_index=None, **kwargs):  # fmt: skip
-        """Llama's forward; with an in-LLM reduction (FastV) the layer loop runs here, with its hook point.
-
-        ``visual_mask`` ``[B, L]`` marks the visual tokens of a prefill; ``query_index`` is the position of
-        the last prompt token (default: the last position).
-        """
+    def in_llm_method(self) -> fastv.FastV | None:
+        """The in-LLM method to run on the decoder layers' calls, or None."""
         reduction = self.in_llm_reduction()
-        layout = getattr(past_key_values, "llava_pruned", None)
-        if reduction is None or (visual_mask is None and layout is None):
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                                   use_cache=use_cache, **kwargs)  # fmt: skip
-        if self.training:
-            raise ValueError("FastV is an inference-time method; it cannot run while training.")
-        embeds = inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        batch, length, _ = embeds.shape
-        valid = (
-            attention_mask.bool()
-            if attention_mask is not None
-            else embeds.new_ones(batch, past + length, dtype=torch.bool)
-        )
-        if position_ids is None:
-            position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        run = _LayerRun(past_key_values, use_cache, kwargs)
-        if layout is None:
-            hidden = self._prefill_in_llm(
-                run, embeds, valid, position_ids, visual_mask, query_index, reduction
-            )
-        else:
-            hidden = self._decode_in_llm(run, embeds, valid, position_ids, layout, reduction)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
-
-    def _mask(self, valid: torch.Tensor, query_length: int, dtype: torch.dtype):
-        if self.config._attn_implementation == "flash_attention_2":
-            return valid.long()  # flash-attention takes the 2-D padding mask and is causal itself
-        return fastv.additive_mask(valid, query_length, dtype)
-
-    def _prefill_in_llm(self, run, hidden, valid, position_ids, visual_mask, query_index, reduction):
-        """The layer loop of a prefill: after layer K, keep the top visual tokens and continue on those."""
-        length = hidden.shape[1]
-        cos_sin = self.rotary_emb(hidden, position_ids=position_ids)
-        mask = self._mask(valid, length, hidden.dtype)
-        query = length - 1 if query_index is None else int(query_index)
-        for idx, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if idx == reduction.llm_layer:
-                scores = fastv.query_attention(layer, hidden, cos_sin, valid[:, -length:], query)  # [B, L]
-            hidden = run(layer, hidden, mask, cos_sin, position_ids)
-            if idx == reduction.llm_layer:
-                keep = fastv.kept_tokens(
-                    scores, visual_mask, valid[:, -length:], reduction.budget, reduction.ratio
-                )
-                layout = fastv.pack(keep, length)
-                hidden = hidden.gather(1, layout.index[..., None].expand(-1, -1, hidden.shape[-1]))
-                position_ids = position_ids.gather(1, layout.index)
-                cos_sin = self.rotary_emb(hidden, position_ids=position_ids)
-                mask = self._mask(layout.valid, layout.index.shape[1], hidden.dtype)
-                if run.cache is not None:
-                    run.cache.llava_pruned = layout
-        return hidden
-
-    def _decode_in_llm(self, run, hidden, valid, position_ids, layout, reduction):
-        """A decoding step over a cache whose layers after K hold only the kept tokens."""
-        length = hidden.shape[1]
-        cos_sin = self.rotary_emb(hidden, position_ids=position_ids)
-        pruned_valid = torch.cat([layout.valid, valid[:, layout.full_length :]], dim=1)
-        full_mask = self._mask(valid, length, hidden.dtype)
-        pruned_mask = self._mask(pruned_valid, length, hidden.dtype)
-        for idx, layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            mask = full_mask if idx <= reduction.llm_layer else pruned_mask
-            hidden = run(layer, hidden, mask, cos_sin, position_ids)
-        return hidden
-
-
-class _LayerRun:
-    """Calls a decoder layer with the run's cache and extra arguments."""
-
-    def __init__(self, cache, use_cache, kwargs) -> None:
-        self.cache, self.use_cache, self.kwargs = cache, use_cache, kwargs
-
-    def __call__(self, layer, hidden, mask, cos_sin, position_ids):
-        return layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=position_ids,
-                     past_key_values=self.cache, use_cache=self.use_cache, **self.kwargs)  # fmt: skip
+        if reduction is None:
+            return None
+        if self._in_llm_method is None or self._in_llm_method.config != reduction:
+            self._in_llm_method = fastv.FastV(reduction)
+        return self._in_llm_method
 
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM):
@@ -262,7 +189,6 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         images: torch.Tensor | None = None,
@@ -279,6 +205,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         ``visual_mask`` / ``query_index`` are for FastV when ``inputs_embeds`` are given directly.
         ``logits_to_keep`` is Llama's (0 = every position); being in this signature is what makes
         ``generate`` ask for the last position only in prefill instead of the LM head over the whole prompt.
+        The KV cache and every other keyword pass through to Llama under whatever name it uses.
         """
         spliced = None
         if inputs_embeds is None and input_ids is not None and (images is not None or self.training):
@@ -290,24 +217,25 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 spliced.labels,
             )
             visual_mask = spliced.visual_mask
-        if self.model.in_llm_reduction() is not None:  # FastV: the language model needs these two
-            kwargs.update(visual_mask=visual_mask, query_index=query_index)
-        out = super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        method = self.model.in_llm_method()
+        if method is not None and self.training:
+            raise ValueError("FastV is an inference-time method; it cannot run while training.")
+        with (
+            self.model.in_llm.forward_step(method, visual_mask, attention_mask, query_index)
+            if method is not None
+            else contextlib.nullcontext()
+        ):
+            out = super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
         return LlavaCausalLMOutput(
-            loss=out.loss,
-            logits=out.logits,
-            past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
+            **dict(out.items()),
             truncated=None if spliced is None else spliced.truncated,
             num_visual_tokens=None if spliced is None else spliced.num_visual_tokens,
         )
