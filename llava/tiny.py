@@ -160,6 +160,54 @@ def llava_mm_fields(
     }
 
 
+TRAIN_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
+
+
+def save_tiny_train_workspace(
+    root: str | Path, tokenizer_dir: str | Path, num_images: int = 24
+) -> tuple[Path, Path]:
+    """A base LLM, a 4-layer tiny CLIP tower and coloured-square questions in LLaVA's JSON (+ one text-only).
+
+    Writes ``root/base`` (a 2-layer width-64 Llama with the tokenizer of ``tokenizer_dir``),
+    ``root/clip``, ``root/images/*.png`` and ``root/data.json``. Returns ``(base, clip)``.
+    """
+    import json
+    import random
+    import shutil
+
+    from PIL import Image, ImageDraw
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root, tokenizer_dir = Path(root), Path(tokenizer_dir)
+    base = root / "base"
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    config = LlamaConfig(vocab_size=len(tokenizer), num_key_value_heads=4, **sizes, **ids)
+    LlamaForCausalLM(config).save_pretrained(base)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, base / name)
+    clip = save_tiny_clip(root / "clip", num_layers=4)
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    rng = random.Random(0)
+    records = []
+    for i in range(num_images):
+        colour = rng.choice(sorted(TRAIN_COLOURS))
+        image = Image.new("RGB", (96, 96), (235, 235, 235))
+        ImageDraw.Draw(image).rectangle([20, 20, 70, 70], fill=TRAIN_COLOURS[colour])
+        image.save(images / f"{i}.png")
+        question = {"from": "human", "value": "<image>\nWhat colour is the square?"}
+        records.append(
+            {"id": str(i), "image": f"{i}.png", "conversations": [question, {"from": "gpt", "value": colour}]}
+        )
+    text_only = [{"from": "human", "value": "Say yes."}, {"from": "gpt", "value": "yes"}]
+    records.append({"id": "t", "conversations": text_only})
+    (root / "data.json").write_text(json.dumps(records))
+    return base, clip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a tiny random LLaVA-1.5 checkpoint (CPU, seconds).")
     parser.add_argument("--out", required=True, help="checkpoint folder to write")

@@ -47,52 +47,13 @@ def tiny_llava(tiny_llava_dir: Path):
     return tokenizer, model
 
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
-
-
 @pytest.fixture(scope="session")
 def train_workspace(tmp_path_factory, tiny_tokenizer_dir):
     """A base LLM, a tiny CLIP tower and a small dataset of coloured-square questions (+ one text-only)."""
-    import json
-    import random
-    import shutil
-
-    import torch
-    from PIL import Image, ImageDraw
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llava.tiny import save_tiny_clip
+    from llava.tiny import save_tiny_train_workspace
 
     root = tmp_path_factory.mktemp("train")
-    base = root / "base"
-    torch.manual_seed(0)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, bos_token_id=1,
-                                 eos_token_id=2)).save_pretrained(base)  # fmt: skip
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_tokenizer_dir / name, base / name)
-    clip = save_tiny_clip(root / "clip", num_layers=4)
-    images = root / "images"
-    images.mkdir()
-    rng = random.Random(0)
-    records = []
-    for i in range(24):
-        colour = rng.choice(sorted(COLOURS))
-        image = Image.new("RGB", (96, 96), (235, 235, 235))
-        ImageDraw.Draw(image).rectangle([20, 20, 70, 70], fill=COLOURS[colour])
-        image.save(images / f"{i}.png")
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour is the square?"}, {"from": "gpt", "value": colour}]})  # fmt: skip
-    records.append(
-        {
-            "id": "t",
-            "conversations": [{"from": "human", "value": "Say yes."}, {"from": "gpt", "value": "yes"}],
-        }
-    )
-    (root / "data.json").write_text(json.dumps(records))
+    base, clip = save_tiny_train_workspace(root, tiny_tokenizer_dir)
     return root, base, clip
 
 
