@@ -10,6 +10,7 @@ import os
 import sys
 
 from llava.train.train import main
+from llava.train.zero import shutdown_distributed
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,3 +20,4 @@ if __name__ == "__main__":
         logging.getLogger("llava.train").warning("flash-attn is not installed: using SDPA attention.")
         attention = "sdpa"
     main(sys.argv[1:], attn_implementation=attention)
+    shutdown_distributed()  # after a successful run only: a failed rank must not wait for the others

@@ -57,3 +57,17 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
         if not dist.is_initialized() or dist.get_rank() == 0:
             module.load_state_dict(state, strict=True)
+
+
+def shutdown_distributed() -> None:
+    """Waits for every rank, then destroys the process group, so that each rank exits with status 0.
+
+    Left to the interpreter's exit, the gloo process group's threads can be torn down while still
+    joinable ("terminate called without an active exception", exit 250 through the DeepSpeed launcher)
+    after a run that trained and saved: a scheduler would read that as a failed job.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
