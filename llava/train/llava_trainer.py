@@ -8,11 +8,18 @@ Checkpoints (``checkpoint-N`` and the final folder):
   continues the run with its projector;
 - full finetuning: the usual transformers checkpoint.
 
-Under DeepSpeed ZeRO-3 the parameters are gathered for saving (:mod:`llava.train.zero`).
+Under DeepSpeed ZeRO-3 the parameters are gathered for saving (:mod:`llava.train.zero`). Every
+``config.json`` written here records in ``dtype`` the dtype of the weights written beside it.
+
+Mixed precision: without DeepSpeed, ``--fp16``/``--bf16`` are accelerate's autocast over float32 weights
+(on CPU, where accelerate runs no float16 autocast, this trainer turns on torch's; see
+:meth:`LLaVATrainer.create_accelerator_and_postprocess`). A non-finite training loss stops the run
+before the weights are updated with it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,6 +29,8 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from llava.train.zero import gathered_state
+
+logger = logging.getLogger("llava.train")
 
 
 def _balanced_chunks(indices: list[int], lengths: list[int], parts: int) -> list[list[int]]:
@@ -133,10 +142,30 @@ class LLaVATrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator, with float16 autocast and loss scaling also on CPU.
+
+        accelerate accepts ``--fp16`` on CPU but then runs neither autocast nor a ``GradScaler``: the run
+        would silently be float32. torch has both on CPU, so they are switched on here through
+        accelerate's own fields (what it sets itself on CUDA); DeepSpeed keeps its own handling.
+        """
+        super().create_accelerator_and_postprocess()
+        accelerator = self.accelerator
+        if self.args.fp16 and not self.is_deepspeed_enabled and accelerator.device.type == "cpu":
+            if not accelerator.native_amp:
+                accelerator.native_amp = True
+                accelerator.scaler = torch.amp.GradScaler("cpu")
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
+        if model.training and not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.detach().float().mean().item()}) at step "
+                f"{self.state.global_step + 1}: stopping before the weights are updated with it "
+                "(no checkpoint is written). Check the data and the learning rate."
+            )
         truncated = getattr(outputs, "truncated", None)
         if truncated is not None:
             self.num_truncated += int(truncated.sum())
@@ -169,22 +198,54 @@ def _projector_only(name: str) -> bool:
     return "mm_projector" in name
 
 
+def written_dtype(state: dict[str, torch.Tensor], model) -> torch.dtype:
+    """The floating dtype of ``state`` (of the trainable weights when ``state`` is empty).
+
+    Every trainable weight has one dtype (float32, or DeepSpeed's 16-bit type); should that ever not
+    hold, the dtype of most elements is recorded, with a warning rather than a failure at save time.
+    """
+    tensors = [t for t in (list(state.values()) or trainable_parameters(model)) if t.is_floating_point()]
+    counts: dict[torch.dtype, int] = {}
+    for tensor in tensors:
+        counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    if len(counts) > 1:
+        logger.warning("Weights saved in several dtypes %s; config.json records the main one.", counts)
+    return max(counts, key=counts.get, default=torch.float32)
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _require_finite(state: dict[str, torch.Tensor], folder: str) -> None:
+    bad = [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if bad:
+        raise FloatingPointError(f"Not writing {folder}: non-finite values in {bad[:4]}.")
+
+
 def save_projector(model, folder: str, config, should_save: bool) -> None:
     """Writes ``mm_projector.bin`` (keys ``model.mm_projector.*``) and ``config.json`` (gathers under ZeRO-3)."""
     state = gathered_state(model, _projector_only)
     if should_save:
+        _require_finite(state, folder)
         os.makedirs(folder, exist_ok=True)
         state = {
             "model.mm_projector." + key.split("mm_projector.", 1)[1]: value for key, value in state.items()
         }
         torch.save(state, os.path.join(folder, "mm_projector.bin"))
+        config.dtype = written_dtype(state, model)
         config.save_pretrained(folder)
 
 
 def save_lora_extras(model, folder: str, config, should_save: bool) -> None:
-    """Writes ``non_lora_trainables.bin`` (trainable non-LoRA weights, PEFT key names) and ``config.json``."""
+    """Writes ``non_lora_trainables.bin`` (trainable non-LoRA weights, PEFT key names) and ``config.json``.
+
+    The adapter written beside it by the Trainer has the same dtype (every trainable weight has one).
+    """
     state = gathered_state(model, lambda name: "lora_" not in name, trainable_only=True)
     if should_save:
+        _require_finite(state, folder)
         os.makedirs(folder, exist_ok=True)
         torch.save(state, os.path.join(folder, "non_lora_trainables.bin"))
+        config.dtype = written_dtype(state, model)
         config.save_pretrained(folder)

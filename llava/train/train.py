@@ -75,6 +75,24 @@ def llava_config(
     return config
 
 
+def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """The dtype of the forward and backward: bfloat16 for ``--bf16``, float16 for ``--fp16``, else float32."""
+    if training_args.bf16:
+        return torch.bfloat16
+    return torch.float16 if training_args.fp16 else torch.float32
+
+
+def load_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """The dtype the weights are loaded in: the 16-bit type under DeepSpeed, float32 without it.
+
+    DeepSpeed (``"fp16"/"bf16": {"enabled": "auto"}`` follow ``--fp16/--bf16``) casts the model to that type
+    itself (ZeRO-3 partitions it in that type at load) and keeps the float32 master weights in its
+    optimizer, so loading in 16 bits only saves memory. Without DeepSpeed the stored weights *are* the
+    optimizer's weights: they stay float32 and the Trainer's autocast computes in 16 bits.
+    """
+    return compute_dtype(training_args) if training_args.deepspeed else torch.float32
+
+
 def build_model(
     model_args: ModelArguments,
     training_args: TrainingArguments,
@@ -84,10 +102,9 @@ def build_model(
     """The LLaVA model on the base weights, with the CLIP weights, the projector and the trainable set."""
     from llava.model.builder import _read_state, projector_state
 
-    dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
     model = LlavaLlamaForCausalLM.from_pretrained(
-        model_args.model_name_or_path, config=config, dtype=dtype, cache_dir=training_args.cache_dir,
-        attn_implementation=attn_implementation,
+        model_args.model_name_or_path, config=config, dtype=load_dtype(training_args),
+        cache_dir=training_args.cache_dir, attn_implementation=attn_implementation,
     )  # fmt: skip
     tower = model.get_vision_tower()
     load_into(tower.vision_tower, tower.pretrained_state_dict())
@@ -106,7 +123,34 @@ def build_model(
         else model.base_model.model.get_model().mm_projector
     )
     projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    if not training_args.deepspeed:
+        store_frozen_in_half(
+            model, compute_dtype(training_args), with_llm=saves_no_llm(model_args, training_args)
+        )
     return model
+
+
+def saves_no_llm(model_args: ModelArguments, training_args: TrainingArguments) -> bool:
+    """Whether the run's checkpoints leave the language model's weights out (LoRA, projector-only)."""
+    return training_args.lora_enable or model_args.tune_mm_mlp_adapter
+
+
+def store_frozen_in_half(model, dtype: torch.dtype, with_llm: bool) -> None:
+    """Stores frozen weights in the autocast ``dtype`` (no-op for float32); trainable ones stay float32.
+
+    Always the vision tower; the language model too when ``with_llm`` (LoRA, projector-only), i.e. when
+    its weights are frozen and never written, so every checkpoint still holds one dtype. This is safe:
+    a frozen weight needs no float32 master copy (it is never updated), its matmuls already run in
+    ``dtype`` under autocast, and the 16-bit forward is the one evaluation runs. The gradients that
+    flow through the frozen LLM to the adapters and the projector are 16-bit under autocast either way.
+    """
+    if dtype == torch.float32:
+        return
+    modules = [model] if with_llm else [model.get_vision_tower()]
+    for module in modules:
+        for param in module.parameters():
+            if not param.requires_grad and param.is_floating_point():
+                param.data = param.data.to(dtype)
 
 
 def add_lora(model, training_args: TrainingArguments):
@@ -127,7 +171,8 @@ def add_lora(model, training_args: TrainingArguments):
         exclude_modules=r".*(vision_tower|mm_projector).*",
         task_type="CAUSAL_LM",
     )
-    # Adapters in the model dtype (not upcast to float32): ZeRO-3 needs one dtype across trainable weights.
+    # Adapters in the model's dtype: float32 without DeepSpeed (the master weights); under DeepSpeed its
+    # 16-bit type, as ZeRO needs one dtype across the trainable weights (it keeps float32 masters itself).
     return get_peft_model(model, lora, autocast_adapter_dtype=False)
 
 
