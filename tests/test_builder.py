@@ -95,6 +95,91 @@ def test_lora_checkpoint_with_base(base_llm, tiny_llava_dir, tmp_path):
         load_pretrained_model(str(tmp_path), str(base_llm), device="cpu")
 
 
+LEAF_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture
+def leaf_target_lora(base_llm, tiny_llava_dir, tmp_path):
+    """A LoRA checkpoint as the original code writes it: leaf-name targets, no exclusion, non-zero init.
+
+    The adapter weights cover the language model only (upstream adds LoRA before the tower exists);
+    ``init_lora_weights: false`` makes any adapter wrongly added to the tower change the logits.
+    Returns ``(folder, tokenizer, expected logits)``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model, config = llava_on_base(base_llm, tiny_llava_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=LEAF_TARGETS, exclude_modules=r".*(vision_tower|mm_projector).*",
+                      init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    peft_model = get_peft_model(model, lora).eval()
+    tokenizer = load_pretrained_model(str(tiny_llava_dir), device="cpu")[0]
+    expected = logits_of(tokenizer, peft_model)
+    peft_model.save_pretrained(tmp_path)
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
+    adapter.update(exclude_modules=None, init_lora_weights=False, base_model_name_or_path=str(base_llm))
+    (tmp_path / "adapter_config.json").write_text(json.dumps(adapter))
+    state = peft_model.state_dict()
+    torch.save({k: v for k, v in state.items() if "mm_projector" in k}, tmp_path / "non_lora_trainables.bin")
+    config.mm_vision_tower = str(tiny_llava_dir / "vision_tower")
+    config.save_pretrained(tmp_path)
+    return tmp_path, tokenizer, expected
+
+
+def test_lora_adapters_apply_to_the_language_model_only(leaf_target_lora, base_llm, caplog):
+    folder, tokenizer, expected = leaf_target_lora
+    with caplog.at_level("WARNING"):
+        _, loaded, _, _ = load_pretrained_model(str(folder), str(base_llm), device="cpu")
+    torch.testing.assert_close(logits_of(tokenizer, loaded), expected, rtol=1e-4, atol=1e-4)
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "vision_tower" not in messages  # no "missing adapter keys" for tower modules
+    assert "MISSING" not in messages and "newly initialized" not in messages  # the projector is loaded next
+
+
+def test_intermediate_trainer_checkpoint_gets_its_own_message(leaf_target_lora, base_llm, tmp_path):
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(leaf_target_lora[0] / name, folder / name)
+    with pytest.raises(FileNotFoundError, match="intermediate checkpoint-N folder"):
+        load_pretrained_model(str(folder), str(base_llm), device="cpu")
+
+
+def test_every_non_lora_weight_that_maps_loads_and_the_rest_are_named(leaf_target_lora, base_llm, caplog):
+    folder, _, _ = leaf_target_lora
+    extras = torch.load(folder / "non_lora_trainables.bin")
+    vocab_embed = torch.randn(
+        *LlavaLlamaForCausalLM.from_pretrained(base_llm).get_input_embeddings().weight.shape
+    )
+    extras["base_model.model.model.embed_tokens.weight"] = (
+        vocab_embed  # trained embeddings, as some runs save
+    )
+    extras["base_model.model.model.not_a_module.weight"] = torch.zeros(3)
+    torch.save(extras, folder / "non_lora_trainables.bin")
+    with caplog.at_level("WARNING"):
+        _, loaded, _, _ = load_pretrained_model(str(folder), str(base_llm), device="cpu")
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, vocab_embed)
+    assert any("not_a_module" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_lora_without_a_recorded_reduction_or_with_another_base_warns(leaf_target_lora, base_llm, caplog):
+    folder, _, _ = leaf_target_lora
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("mm_token_reduction", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    adapter["base_model_name_or_path"] = "lmsys/vicuna-13b-v1.5"
+    (folder / "adapter_config.json").write_text(json.dumps(adapter))
+    with caplog.at_level("WARNING"):
+        load_pretrained_model(str(folder), str(base_llm), device="cpu")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("--token-reduction" in w for w in warnings)
+    assert any("lmsys/vicuna-13b-v1.5" in w and str(base_llm) in w for w in warnings)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_pretrained_model(str(folder), str(base_llm), device="cpu", token_reduction="prumerge")
+    assert not any("--token-reduction" in r.getMessage() for r in caplog.records)
+
+
 def test_projector_only_checkpoint_with_base(base_llm, tiny_llava_dir, tmp_path):
     model, config = llava_on_base(base_llm, tiny_llava_dir)
     state = {f"model.mm_projector.{k}": v for k, v in model.get_model().mm_projector.state_dict().items()}

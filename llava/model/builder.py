@@ -13,8 +13,11 @@ table of known released checkpoints (:data:`KNOWN_REDUCTIONS`), else none.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,16 @@ def resolve_reduction(
     return reduction
 
 
+def _warn_unrecorded_reduction(folder: Path, model_path: str, reduction: ReductionConfig) -> None:
+    """A LoRA whose files record no reducer (the released PruMerge adapters, e.g. a --local-dir copy)."""
+    logger.warning(
+        "%s records no token reduction (mm_token_reduction) and runs with %r. The released PruMerge / PruMerge+ "
+        "adapters record none either: if this is one of them (e.g. a local copy of %s), pass "
+        "--token-reduction prumerge or prumerge_plus (token_reduction= in Python).",
+        folder, reduction.describe(), next(iter(KNOWN_REDUCTIONS)),
+    )  # fmt: skip
+
+
 def _check_base(base: Path, config: LlavaConfig) -> None:
     """Fails clearly when the base is not the plain LLM the LoRA/projector was trained on."""
     data = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
@@ -160,17 +173,71 @@ def _load_projector(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor]
     model.get_model().mm_projector.load_state_dict(projector_state(state, source), strict=True)
 
 
-def _from_pretrained(folder: Path, config: LlavaConfig, **kwargs: Any) -> LlavaLlamaForCausalLM:
-    """The language model (and projector, when present) from ``folder``, the CLIP weights from their own."""
-    model = LlavaLlamaForCausalLM.from_pretrained(folder, config=config, **kwargs)
+@contextlib.contextmanager
+def _projector_loaded_later() -> Iterator[None]:
+    """transformers' load report leaves out the projector, which is loaded right after from its own file.
+
+    Without this, every LoRA or projector-only load lists the projector as "MISSING ... newly initialized".
+    """
+    cls = LlavaLlamaForCausalLM
+    before = cls._keys_to_ignore_on_load_missing
+    cls._keys_to_ignore_on_load_missing = [*before, r"model\.mm_projector\."]
+    try:
+        yield
+    finally:
+        cls._keys_to_ignore_on_load_missing = before
+
+
+def _from_pretrained(folder: Path, config: LlavaConfig, projector_follows: bool = False,
+                     **kwargs: Any) -> LlavaLlamaForCausalLM:  # fmt: skip
+    """The language model (and projector, when present) from ``folder``, the CLIP weights from their own.
+
+    ``projector_follows``: ``folder`` is a base LLM and the caller loads the projector next.
+    """
+    with _projector_loaded_later() if projector_follows else contextlib.nullcontext():
+        model = LlavaLlamaForCausalLM.from_pretrained(folder, config=config, **kwargs)
     model.get_vision_tower().load_model()
     return model
 
 
-def _load_lora(folder: Path, base: Path, config: LlavaConfig, **kwargs: Any) -> LlavaLlamaForCausalLM:
-    from peft import PeftModel
+# Adapters apply to the language model only: the tower is frozen CLIP and the projector is in
+# non_lora_trainables.bin, whatever the adapter config's target list says.
+LLM_ONLY_EXCLUDE = r".*\b(vision_tower|mm_projector)\b.*"
 
-    model = _from_pretrained(base, config, **kwargs)
+
+def _exclusion(existing: str | list[str] | set[str] | None) -> str:
+    """One regex excluding the tower and projector and whatever ``existing`` (peft's forms) excluded."""
+    if not existing:
+        return LLM_ONLY_EXCLUDE
+    if isinstance(existing, str):
+        return f"(?:{existing})|(?:{LLM_ONLY_EXCLUDE})"
+    names = "|".join(re.escape(name) for name in sorted(existing))  # peft: exact name or a ".name" suffix
+    return f"(?:(?:.*\\.)?(?:{names}))|(?:{LLM_ONLY_EXCLUDE})"
+
+
+def _adapter_config(folder: Path, base: Path, model_base: str | None):
+    """The adapter's config restricted to the language model; warns when it names another base LLM."""
+    from peft import PeftConfig
+
+    adapter = PeftConfig.from_pretrained(str(folder))
+    recorded = getattr(adapter, "base_model_name_or_path", None)
+    given = model_base or str(base)
+    if recorded and _model_name(recorded) != _model_name(given):
+        logger.warning(
+            "The LoRA adapter in %s was trained on %r but --model-base is %r: its shapes match, so it loads, "
+            "but its answers are only meaningful on the base it was trained on.", folder, recorded, given,
+        )  # fmt: skip
+    if hasattr(adapter, "exclude_modules"):
+        adapter.exclude_modules = _exclusion(adapter.exclude_modules)
+    return adapter
+
+
+def _model_name(path_or_id: str) -> str:
+    """The last component of a Hub id or folder (``lmsys/vicuna-7b-v1.5`` and ``/data/vicuna-7b-v1.5`` agree)."""
+    return Path(path_or_id.rstrip("/")).name.lower()
+
+
+def _non_lora_file(folder: Path) -> Path:
     extra = next((folder / n for n in ("non_lora_trainables.bin", "non_lora_trainables.safetensors")
                   if (folder / n).is_file()), None)  # fmt: skip
     if extra is None:
@@ -178,12 +245,54 @@ def _load_lora(folder: Path, base: Path, config: LlavaConfig, **kwargs: Any) -> 
             f"{folder} has adapter_config.json but no non_lora_trainables.bin (the projector): "
             "was it saved by an old trainer at an intermediate step? Use the final output folder."
         )
-    _load_projector(model, _read_state(extra), extra)
+    return extra
+
+
+def _load_non_lora(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Loads every weight of ``non_lora_trainables.bin`` that maps onto the model; names the others.
+
+    The projector must be there. Other trained weights (embeddings, ``lm_head``, ...) load too, as the
+    original code's non-strict load does; keys that name nothing in the model are listed in a warning.
+    """
+    _load_projector(model, state, source)
+    own = model.state_dict()
+    mapped, unknown = {}, []
+    for key, value in state.items():
+        name = key.removeprefix("base_model.model.").removeprefix("base_model.")
+        if ".mm_projector." in f".{name}":
+            continue
+        if name not in own:
+            unknown.append(key)
+        elif own[name].shape != value.shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the model's {name} has {tuple(own[name].shape)}: "
+                "this file belongs to another model size."
+            )
+        else:
+            mapped[name] = value
+    if mapped:
+        model.load_state_dict(mapped, strict=False)
+        logger.info("Loaded %d non-LoRA weight(s) besides the projector from %s: %s", len(mapped), source,
+                    ", ".join(sorted(mapped)[:8]))  # fmt: skip
+    if unknown:
+        logger.warning("%s: %d key(s) match nothing in the model and were not loaded: %s", source, len(unknown),
+                       ", ".join(unknown[:8]))  # fmt: skip
+
+
+def _load_lora(folder: Path, base: Path, config: LlavaConfig, model_base: str | None = None,
+               **kwargs: Any) -> LlavaLlamaForCausalLM:  # fmt: skip
+    from peft import PeftModel
+
+    extra = _non_lora_file(folder)
+    adapter = _adapter_config(folder, base, model_base)
+    model = _from_pretrained(base, config, projector_follows=True, **kwargs)
+    _load_non_lora(model, _read_state(extra), extra)
     logger.info("Merging the LoRA adapter from %s", folder)
-    return PeftModel.from_pretrained(model, folder).merge_and_unload()
+    return PeftModel.from_pretrained(model, folder, config=adapter).merge_and_unload()
 
 
-def _load_weights(kind: str, folder: Path, base: Path | None, config: LlavaConfig, **kwargs: Any):
+def _load_weights(kind: str, folder: Path, base: Path | None, config: LlavaConfig, model_base: str | None = None,
+                  **kwargs: Any):  # fmt: skip
     if kind == "full":
         return _from_pretrained(folder, config, **kwargs)
     if base is None:
@@ -198,8 +307,8 @@ def _load_weights(kind: str, folder: Path, base: Path | None, config: LlavaConfi
         )
     _check_base(base, config)
     if kind == "lora":
-        return _load_lora(folder, base, config, **kwargs)
-    model = _from_pretrained(base, config, **kwargs)
+        return _load_lora(folder, base, config, model_base, **kwargs)
+    model = _from_pretrained(base, config, projector_follows=True, **kwargs)
     _load_projector(model, _read_state(folder / "mm_projector.bin"), folder / "mm_projector.bin")
     return model
 
@@ -251,8 +360,17 @@ def load_pretrained_model(
     folder = resolve_checkpoint(model_path)
     base = resolve_checkpoint(model_base) if model_base else None
     kind = checkpoint_kind(folder)
+    if kind == "lora" and not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} holds a LoRA adapter but no config.json or non_lora_trainables.bin: it looks like an "
+            "intermediate checkpoint-N folder written by the Trainer alone. Load the run's final output folder, "
+            "or a checkpoint saved by llava/train/train.py (which writes both at every step)."
+        )
     config = load_llava_config(folder)
     reduction = resolve_reduction(config, model_path, token_reduction)
+    recorded = getattr(config, "mm_token_reduction", None) or model_path.rstrip("/") in KNOWN_REDUCTIONS
+    if kind == "lora" and token_reduction is None and not recorded:
+        _warn_unrecorded_reduction(folder, model_path, reduction)
     config.mm_token_reduction = reduction.to_dict()
     kwargs: dict[str, Any] = {"dtype": dtype}
     if use_flash_attn or attn_implementation:
@@ -261,7 +379,7 @@ def load_pretrained_model(
         kwargs["quantization_config"] = _quantization_config(load_8bit)
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = _load_weights(kind, folder, base, config, **kwargs)
+    model = _load_weights(kind, folder, base, config, model_base, **kwargs)
     tower = model.get_vision_tower()
     if device_map is None:
         model.to(device)
