@@ -221,7 +221,7 @@ def results_section(table: dict[str, dict], source: str) -> str:
         tokens.append(f"| {name} | " + " | ".join(_cell_tokens(row[c]) for c in COLUMNS) + " |")
     return (
         f"## Results\n\nFrom `{source}` (`python -m llava.eval.report --json`). VQAv2 and MMB are scored by "
-        "their evaluation servers (`server`: not submitted).\n\n"
+        "their evaluation servers (`server`: answers written, score not given; `-`: not run).\n\n"
         f"{head[:-1]}| Avg. visual tokens |\n{rule}---|\n" + "\n".join(scores)
         + f"\n\nAverage visual tokens per image, per benchmark (576 without reduction):\n\n{head}\n{rule}\n"
         + "\n".join(tokens) + "\n"

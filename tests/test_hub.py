@@ -71,7 +71,9 @@ def test_dry_run_writes_card_and_lists_files(prumerge_ckpt, report_json, tmp_pat
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "- llava\n- prumerge\n- token-reduction\n" in card
     assert "Method: **prumerge/reference**" in card and "`num_neighbors` | `32`" in card
-    assert "| tiny-prumerge | server | 68.5 | - | 76.3 | - | server | 37.0 |" in card  # mean of 41 and 33
+    assert (
+        "| tiny-prumerge | - | 68.5 | - | 76.3 | - | - | 37.0 |" in card
+    )  # VQAv2/MMB not run; mean of 41, 33
     assert "| tiny-prumerge | - | 41.0 | - | 33.0 | - | - |" in card
     assert 'load_pretrained_model("me/tiny-prumerge")' in card
     assert "python -m llava.serve.cli --model-path me/tiny-prumerge" in card

@@ -603,3 +603,19 @@ def test_scores_file_sits_beside_the_result(tmp_path: Path) -> None:
     assert scores_path(result_file) == tmp_path / "answers" / "llava-v1.5-13b.scores.json"
     written = write_scores(result_file, {"accuracy_percent": 12.5})
     assert json.loads(written.read_text()) == {"accuracy_percent": 12.5}
+
+
+def test_report_says_server_only_for_server_benchmarks_that_were_run(tmp_path):
+    """A VQAv2 stub without a score shows ``server``; a benchmark never run shows ``-``, never ``server``."""
+    from llava.eval import report
+
+    (tmp_path / "pope" / "answers").mkdir(parents=True)
+    (tmp_path / "pope" / "answers" / "only-pope.scores.json").write_text(
+        json.dumps({"mean_f1_percent": 85.9})
+    )
+    stub = tmp_path / "vqav2" / "answers" / "llava_vqav2_test" / "submitted"
+    stub.mkdir(parents=True)
+    (stub / "merge.scores.json").write_text(json.dumps({"server_scored": True}))
+    markdown = report.main(["--results", str(tmp_path)])
+    assert "| only-pope | - | - | - | 85.9 | - | - |" in markdown
+    assert "| submitted | server | - | - | - | - | - |" in markdown

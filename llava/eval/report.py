@@ -9,10 +9,11 @@ Every score file found (directories are searched recursively) is one cell: the b
 the keys the scorer wrote (POPE ``mean_f1_percent``, SQA ``img_accuracy_percent``, TextVQA
 ``soft_accuracy_percent``, MME ``perception_score``) or, for the server-scored stubs that
 ``vqav2.sh`` / ``mmbench.sh`` write, from the path (``vqav2`` / ``mmbench``); the row is the result
-file's stem (the parent folder's name for VQAv2's ``merge``). VQAv2 and MMB show ``server`` unless a
-number is given, in the stub's ``server_score`` or with ``--server-score``. Each cell also gets the
-mean ``num_visual_tokens`` of the answers file beside the score file (``<stem>.jsonl``), over the
-answers that have an image (text-only ScienceQA items have none).
+file's stem (the parent folder's name for VQAv2's ``merge``). VQAv2 and MMB show ``server`` when their
+stub exists but no number is given (in the stub's ``server_score`` or with ``--server-score``), and
+``-`` when they were not run. Each cell also gets the mean ``num_visual_tokens`` of the answers file
+beside the score file (``<stem>.jsonl``), over the answers that have an image (text-only ScienceQA items
+have none).
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def collect(paths: list[str], server: dict[tuple[str, str], float] | None = None
 
 
 def fmt(column: str, cell: dict) -> str:
+    """The score; ``server`` for a server-scored benchmark that was run but whose score is not given yet,
+    ``-`` for a benchmark that was not run."""
     if cell["score"] is None:
-        return "server" if column in ("VQAv2", "MMB") else "-"
+        return "server" if column in SERVER_PATHS.values() and cell.get("file") else "-"
     return f"{cell['score']:.1f}"
 
 
