@@ -44,12 +44,41 @@ def load_image(path_or_url: str | Path) -> Image.Image:
 
 
 def _decode_rgb(source: Path | io.BytesIO, name: str) -> Image.Image:
-    """Decode an image fully and convert it to RGB, turning PIL errors into a ValueError naming ``name``."""
+    """Decode an image fully and convert it to RGB, turning PIL errors into a ValueError naming ``name``.
+
+    EXIF orientation is ignored, as in the original code, so benchmark images match the published numbers.
+    """
     try:
         with Image.open(source) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{name} is not a readable image: {err}") from err
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB; 16-bit, 32-bit integer and float greyscale are mapped by their value range.
+
+    PIL's own conversion clips such images to 0..255 (a 16-bit PNG turns white, a float TIFF in [0, 1]
+    black). Here, as an image viewer shows them: integer data up to 255 is kept, up to 65535 is read as
+    16-bit (divided by 257); float data in [0, 1] is scaled by 255; anything else is stretched from its
+    minimum to its maximum.
+    """
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    import numpy as np
+
+    values = np.asarray(img, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if img.mode == "F" and low >= 0.0 and high <= 1.0:
+        scaled = values * 255.0
+    elif img.mode != "F" and low >= 0 and high <= 255:
+        scaled = values
+    elif img.mode != "F" and low >= 0 and high <= 65535:
+        scaled = values / 257.0
+    else:
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # uint8 -> mode L
+    return grey.convert("RGB")
 
 
 def expand2square(img: Image.Image, background_color: tuple[int, int, int]) -> Image.Image:
@@ -90,7 +119,7 @@ def process_images(
         raise ValueError("image_aspect_ratio 'anyres' (LLaVA-1.6) is not supported; use 'pad' or 'square'")
     pixel_values = []
     for img in images:
-        img = img if img.mode == "RGB" else img.convert("RGB")
+        img = to_rgb(img)
         if image_aspect_ratio == "pad":
             img = expand2square(img, tuple(int(x * 255) for x in image_processor.image_mean))
         pixel_values.append(image_processor(img, return_tensors="pt")["pixel_values"][0])  # [3, H, W]

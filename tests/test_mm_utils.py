@@ -232,3 +232,29 @@ def test_tokenizer_image_token_custom_index(tokenizer):
 )
 def test_get_model_name_from_path(path: str, expected: str):
     assert get_model_name_from_path(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [
+        ("I;16", [0, 32896, 65535], [0, 128, 255]),  # a 16-bit PNG, full range
+        ("F", [0.0, 0.5, 1.0], [0, 128, 255]),  # a float TIFF in [0, 1]
+        ("F", [-2.0, 0.0, 2.0], [0, 128, 255]),  # float outside [0, 1]: stretched
+        ("I", [0, 100, 255], [0, 100, 255]),  # 32-bit integers holding 8-bit values
+    ],
+)
+def test_high_bit_depth_images_convert_by_value_range(tmp_path, mode, values, expected):
+    import numpy as np
+
+    from llava.mm_utils import load_image
+
+    dtype = {"I;16": np.uint16, "F": np.float32, "I": np.int32}[mode]
+    array = np.repeat(np.array(values, dtype=dtype)[None], 4, axis=0)  # 4 rows of 3 grey levels
+    suffix = ".tiff" if mode in ("F", "I") else ".png"
+    path = tmp_path / f"grey{suffix}"
+    Image.fromarray(array).save(path)  # uint16 -> I;16, float32 -> F, int32 -> I
+    with Image.open(path) as raw:
+        assert raw.mode.startswith(mode[0])  # the file really holds high-bit-depth data
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (4, 3, 3)
+    assert rgb[0, :, 0].tolist() == expected and (rgb[..., 0] == rgb[..., 2]).all()
