@@ -64,7 +64,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     minimum to its maximum.
     """
     if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return img.convert("RGB")  # a copy also for RGB, so a file-backed image can be closed after
     import numpy as np
 
     values = np.asarray(img, dtype=np.float64)
@@ -119,7 +119,7 @@ def process_images(
         raise ValueError("image_aspect_ratio 'anyres' (LLaVA-1.6) is not supported; use 'pad' or 'square'")
     pixel_values = []
     for img in images:
-        img = to_rgb(img)
+        img = img if img.mode == "RGB" else to_rgb(img)
         if image_aspect_ratio == "pad":
             img = expand2square(img, tuple(int(x * 255) for x in image_processor.image_mean))
         pixel_values.append(image_processor(img, return_tensors="pt")["pixel_values"][0])  # [3, H, W]
