@@ -47,13 +47,17 @@ def _balanced_chunks(indices: list[int], lengths: list[int], parts: int) -> list
     return chunks
 
 
-def _megabatches(indices: list[int], lengths: list[int], batch: int, world: int) -> list[list[int]]:
-    """Megabatches of ``batch * world`` indices, each sorted longest first and balanced over ``world``."""
-    size = batch * world
+def _megabatches(indices: list[int], sizes: list[int], batch: int, world: int) -> list[list[int]]:
+    """Megabatches of ``batch * world`` indices, each sorted longest first and balanced over ``world``.
+
+    ``sizes`` are the absolute lengths of the whole dataset, built once by the caller (rebuilding them per
+    megabatch made an epoch's order quadratic in the dataset size).
+    """
+    step = batch * world
     out = []
-    for start in range(0, len(indices), size):
-        mega = sorted(indices[start : start + size], key=lambda i: abs(lengths[i]), reverse=True)
-        out.append([i for chunk in _balanced_chunks(mega, [abs(x) for x in lengths], world) for i in chunk])
+    for start in range(0, len(indices), step):
+        mega = sorted(indices[start : start + step], key=sizes.__getitem__, reverse=True)
+        out.append([i for chunk in _balanced_chunks(mega, sizes, world) for i in chunk])
     return out
 
 
@@ -70,16 +74,16 @@ def modality_grouped_indices(
     def permuted(group: list[int]) -> list[int]:
         return [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
 
+    lengths = list(lengths)  # one pass over the caller's sequence
+    sizes = [abs(n) for n in lengths]
     image = [i for i, n in enumerate(lengths) if n > 0]
     text = [i for i, n in enumerate(lengths) if n < 0]
     if not image or not text:
         return [
-            i
-            for mega in _megabatches(permuted(list(range(len(lengths)))), lengths, batch, world)
-            for i in mega
+            i for mega in _megabatches(permuted(list(range(len(lengths)))), sizes, batch, world) for i in mega
         ]
-    image_megas = _megabatches(permuted(image), lengths, batch, world)
-    text_megas = _megabatches(permuted(text), lengths, batch, world)
+    image_megas = _megabatches(permuted(image), sizes, batch, world)
+    text_megas = _megabatches(permuted(text), sizes, batch, world)
     tail = sorted(image_megas.pop() + text_megas.pop())
     megas = image_megas + text_megas
     megas = [megas[i] for i in torch.randperm(len(megas), generator=generator).tolist()]
