@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import pytest
 import torch
 from PIL import Image
 
@@ -133,6 +134,41 @@ def test_lora_resume_reproduces_the_uninterrupted_losses(train_workspace, tmp_pa
     expected = losses(full / "checkpoint-6")
     got = losses(resumed / "checkpoint-6")
     assert [round(got[s], 4) for s in (4, 5, 6)] == [round(expected[s], 4) for s in (4, 5, 6)]
+
+    # Killed while writing checkpoint-6 (no trainer state yet): "True" resumes from checkpoint-3.
+    killed = tmp_path / "killed"
+    shutil.copytree(full / "checkpoint-3", killed / "checkpoint-3")
+    shutil.copytree(full / "checkpoint-6", killed / "checkpoint-6")
+    (killed / "checkpoint-6" / "trainer_state.json").unlink()
+    main(common_args(root, base, clip, killed, *args, "--resume_from_checkpoint", "True"))
+    again = losses(killed / "checkpoint-6")
+    assert [round(again[s], 4) for s in (4, 5, 6)] == [round(expected[s], 4) for s in (4, 5, 6)]
+
+    # A LoRA checkpoint without its projector is refused, not resumed with a reset projector.
+    (resumed / "checkpoint-3" / "non_lora_trainables.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="non_lora_trainables.bin"):
+        main(
+            common_args(
+                root, base, clip, resumed, *args, "--resume_from_checkpoint", str(resumed / "checkpoint-3")
+            )
+        )
+
+
+def test_lora_checkpoints_write_the_projector_before_the_trainer_state(
+    train_workspace, tmp_path, monkeypatch
+):
+    """A run killed as the trainer state is written leaves the projector already on disk."""
+    from transformers import TrainerState
+
+    def killed(self, path):
+        raise KeyboardInterrupt(path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", killed)
+    root, base, clip = train_workspace
+    with pytest.raises(KeyboardInterrupt):
+        main(common_args(root, base, clip, tmp_path, "--lora_enable", "True", "--lora_r", "4", "--max_steps", "2",
+                         "--save_strategy", "steps", "--save_steps", "2"))  # fmt: skip
+    assert (tmp_path / "checkpoint-2" / "non_lora_trainables.bin").is_file()
 
 
 def test_truncated_samples_are_counted(train_workspace, tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -184,14 +185,14 @@ class LLaVATrainer(Trainer):
             if self.args.should_save:
                 self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
             return
-        super()._save_checkpoint(model, trial)
-        if self.args.lora_enable:
+        if self.args.lora_enable:  # before the trainer state, which marks the checkpoint complete
             save_lora_extras(self.model, folder, self.llava_config, self.args.should_save)
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         extras = os.path.join(resume_from_checkpoint, "non_lora_trainables.bin")
-        if self.args.lora_enable and os.path.isfile(extras) and not self.is_deepspeed_enabled:
+        if self.args.lora_enable and not self.is_deepspeed_enabled:
             state = torch.load(extras, map_location="cpu", weights_only=True)
             missing, unexpected = (model or self.model).load_state_dict(state, strict=False)
             if unexpected:
@@ -253,3 +254,45 @@ def save_lora_extras(model, folder: str, config, should_save: bool) -> None:
         torch.save(state, os.path.join(folder, "non_lora_trainables.bin"))
         config.dtype = written_dtype(state, model)
         config.save_pretrained(folder)
+
+
+def checkpoint_problem(folder: str | os.PathLike, lora: bool) -> str | None:
+    """Why ``folder`` cannot be resumed from, or None when it is complete.
+
+    The trainer state is written last, so a checkpoint without it was cut off while being written; a
+    LoRA checkpoint also needs ``non_lora_trainables.bin`` (the projector), or resuming would silently
+    restart the projector from its initial weights.
+    """
+    folder = Path(folder)
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json (the run stopped while writing it)"
+    if lora and not (folder / "non_lora_trainables.bin").is_file():
+        return "no non_lora_trainables.bin (the projector)"
+    return None
+
+
+def require_complete(folder: str | os.PathLike, lora: bool) -> None:
+    problem = checkpoint_problem(folder, lora)
+    if problem:
+        raise FileNotFoundError(
+            f"Cannot resume from {folder}: {problem}. Resume from an earlier checkpoint-N, or pass "
+            "--resume_from_checkpoint True to take the latest complete one."
+        )
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike, lora: bool) -> str:
+    """The newest ``checkpoint-N`` of ``output_dir`` that can be resumed from; incomplete ones are skipped."""
+    folders = sorted(
+        (p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )  # fmt: skip
+    for folder in folders:
+        problem = checkpoint_problem(folder, lora)
+        if problem is None:
+            return str(folder)
+        logger.warning("Skipping %s: %s.", folder, problem)
+    raise FileNotFoundError(
+        f"--resume_from_checkpoint True: no complete checkpoint-N in {output_dir}"
+        + (f" ({len(folders)} incomplete)." if folders else ".")
+    )

@@ -25,7 +25,13 @@ import transformers
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM, register_auto_classes
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
-from llava.train.llava_trainer import LLaVATrainer, save_lora_extras, save_projector
+from llava.train.llava_trainer import (
+    LLaVATrainer,
+    latest_complete_checkpoint,
+    require_complete,
+    save_lora_extras,
+    save_projector,
+)
 from llava.train.zero import init_deepspeed_distributed, load_into
 
 logger = logging.getLogger("llava.train")
@@ -216,9 +222,13 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
 
 def train(run: Setup) -> None:
     """Trains, resuming from ``--resume_from_checkpoint`` (a path, or True for the latest checkpoint)."""
-    resume = run.trainer.args.resume_from_checkpoint
-    if resume in ("True", "true"):
-        resume = True
+    args = run.trainer.args
+    resume = args.resume_from_checkpoint
+    if resume in ("True", "true", True):  # the latest complete checkpoint, not merely the newest folder
+        resume = latest_complete_checkpoint(args.output_dir, args.lora_enable)
+        logger.info("Resuming from %s", resume)
+    elif resume:
+        require_complete(resume, args.lora_enable)
     run.trainer.train(resume_from_checkpoint=resume)
 
 
