@@ -125,6 +125,13 @@ BAD = [
     ({"id": "noimg", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "names no image file"),
     ({"id": "missing", "image": "nope.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "nope.png is missing"),
     ({"id": "notoken", "image": "a.png", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "no turn holds <image>"),
+    ({"id": "later", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"},
+                                                         {"from": "human", "value": "and <image>?"}, {"from": "gpt", "value": "y"}]}, "<image> appears in human turn 2"),
+    ({"id": "answer", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "see <image>"}]}, "<image> appears in an answer"),
+    ({"id": "twice", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n<image>\nhi"}, {"from": "gpt", "value": "x"}]}, r"\(2x\)"),
+    ({"id": "number", "image": 5, "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "'image' must be a file name"),
+    ({"id": "roles", "conversations": [{"from": "human", "value": "hi"}, {"from": "human", "value": "again"}, {"from": "gpt", "value": "x"}]}, "turn 1 is from 'human'; roles must alternate"),
+    ({"id": "role", "conversations": [{"from": "user", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "turn 0 is not a"),
 ]  # fmt: skip
 
 
@@ -157,3 +164,39 @@ def test_malformed_jsonl_line_and_corrupt_image(data_dir, tiny_tokenizer_dir):
         strict[1]
     assert "image" not in ds[1]  # skipped: replaced by the next usable sample (the text-only one)
     assert ds.corrupt_images.value == 1
+
+
+def test_file_encodings_are_accepted_or_named(data_dir, tiny_tokenizer_dir):
+    """A UTF-8 byte-order mark is accepted; Latin-1 and UTF-16 files are errors naming the file and line."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    records = [
+        TEXT_ONLY,
+        {**CAPTION, "conversations": [CAPTION["conversations"][0], {"from": "gpt", "value": "un café"}]},
+    ]
+    text = json.dumps(records, ensure_ascii=False, indent=1)
+
+    def build(name, **kwargs):
+        return LazySupervisedDataset(
+            str(data_dir / name), tok, _processor(data_dir), "v1", str(data_dir), **kwargs
+        )
+
+    (data_dir / "bom.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert len(build("bom.json")) == 2
+    (data_dir / "latin1.json").write_bytes(text.encode("latin-1"))
+    line = text[: text.index("café")].count("\n") + 1
+    with pytest.raises(BadSampleError, match=rf"latin1.json line {line}: not UTF-8 \(byte 0xe9\)"):
+        build("latin1.json")
+    (data_dir / "utf16.json").write_bytes(text.encode("utf-16"))
+    with pytest.raises(BadSampleError, match="utf16.json is UTF-16/32 encoded"):
+        build("utf16.json")
+    lines = [
+        json.dumps(r, ensure_ascii=False).encode(enc)
+        for r, enc in zip(records + [MULTI_TURN], ["utf-8", "latin-1", "utf-8"])
+    ]
+    (data_dir / "mixed.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    with pytest.raises(BadSampleError, match=r"mixed.jsonl line 2: not UTF-8.*--skip_bad_samples"):
+        build("mixed.jsonl")
+    skipping = build("mixed.jsonl", skip_bad=True)
+    assert len(skipping) == 2 and skipping.skipped == 1

@@ -13,9 +13,11 @@ silently dropped.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import multiprocessing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,23 +62,91 @@ def read_records(data_path: str | Path) -> list[tuple[int, dict[str, Any] | BadS
     if not path.is_file():
         raise FileNotFoundError(f"--data_path {path} does not exist.")
     if path.suffix == ".jsonl":
-        out: list[tuple[int, dict[str, Any] | BadSampleError]] = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    out.append((number, BadSampleError(f"{path} line {number}: not valid JSON ({err.msg})")))
-        return out
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise BadSampleError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); fix the file.") from err
+        return list(_read_jsonl(path))
+    records = _read_json(path)
     if not isinstance(records, list):
         raise BadSampleError(f"{path}: expected a JSON list of samples.")
     return list(enumerate(records, start=1))
+
+
+def check_turns(turns: list[Any], where: str) -> None:
+    """Raises ``BadSampleError`` unless the turns are what :func:`render` and the model can use.
+
+    Every turn is ``{"from": "human" | "gpt", "value": str}``; from the first human turn on, roles
+    alternate human/gpt; ``<image>`` appears at most once, in that first human turn (the model splices
+    one image at one placeholder, so an ``<image>`` in a later turn or in an answer would fail in the
+    middle of training).
+    """
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt"):
+            raise BadSampleError(
+                f"{where}: turn {i} is not a {{'from': 'human'|'gpt', 'value': ...}} object."
+            )
+        if not isinstance(turn.get("value"), str):
+            raise BadSampleError(f"{where}: turn {i} has no text 'value'.")
+    if not any(t["from"] == "gpt" for t in turns):
+        raise BadSampleError(f"{where}: no 'gpt' turn, nothing to train on.")
+    start = next((i for i, t in enumerate(turns) if t["from"] == "human"), len(turns))
+    for i in range(start, len(turns)):
+        expected = "human" if (i - start) % 2 == 0 else "gpt"
+        if turns[i]["from"] != expected:
+            raise BadSampleError(
+                f"{where}: turn {i} is from {turns[i]['from']!r}; roles must alternate human/gpt."
+            )
+    for i, turn in enumerate(turns):
+        count = turn["value"].count(DEFAULT_IMAGE_TOKEN)
+        if count and (i != start or count > 1):
+            place = "an answer" if turn["from"] == "gpt" else f"human turn {i}"
+            raise BadSampleError(
+                f"{where}: <image> appears in {place} ({count}x); it belongs once in the first human turn."
+            )
+
+
+WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _reject_wide(head: bytes, path: Path) -> None:
+    if head.startswith(WIDE_BOMS):
+        raise BadSampleError(
+            f"{path} is UTF-16/32 encoded: save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)."
+        )
+
+
+def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
+    """UTF-8 text (a byte-order mark is accepted); any other encoding is a ``BadSampleError`` naming the line."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        where = line if line is not None else raw[: err.start].count(b"\n") + 1
+        raise BadSampleError(
+            f"{path} line {where}: not UTF-8 (byte 0x{raw[err.start]:02x}); save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+
+
+def _read_json(path: Path) -> Any:
+    raw = path.read_bytes()
+    _reject_wide(raw[:4], path)
+    try:
+        return json.loads(_decode(raw, path))
+    except json.JSONDecodeError as err:
+        raise BadSampleError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); fix the file.") from err
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadSampleError]]:
+    """``(line, record)``; a line that is not UTF-8 or not JSON gives a ``BadSampleError`` for that line."""
+    with path.open("rb") as handle:
+        _reject_wide(handle.read(4), path)
+        handle.seek(0)
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = _decode(raw, path, number)
+                if line.strip():
+                    yield number, json.loads(line)
+            except BadSampleError as err:
+                yield number, err
+            except json.JSONDecodeError as err:
+                yield number, BadSampleError(f"{path} line {number}: not valid JSON ({err.msg})")
 
 
 def check_record(record: Any, where: str, image_folder: Path | None) -> None:
@@ -84,10 +154,11 @@ def check_record(record: Any, where: str, image_folder: Path | None) -> None:
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         raise BadSampleError(f"{where}: no 'conversations' list.")
     turns = record["conversations"]
-    if not any(t.get("from") == "gpt" for t in turns if isinstance(t, dict)):
-        raise BadSampleError(f"{where}: no 'gpt' turn, nothing to train on.")
-    mentions = sum(str(t.get("value", "")).count(DEFAULT_IMAGE_TOKEN) for t in turns if isinstance(t, dict))
+    check_turns(turns, where)
+    mentions = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in turns)
     image = record.get("image")
+    if image is not None and not isinstance(image, str):
+        raise BadSampleError(f"{where}: 'image' must be a file name (a string), got {image!r}.")
     if mentions and not image:
         raise BadSampleError(f"{where}: the text has <image> but the sample names no image file.")
     if image and not mentions:
