@@ -64,6 +64,9 @@ def test_finetune_scripts_run_and_their_checkpoints_load(
     config = json.loads((out / "config.json").read_text())
     assert config["mm_token_reduction"]["method"] == method
     assert config["mm_projector_type"] == "mlp2x_gelu" and config["image_aspect_ratio"] == "pad"
+    if kind == "lora":  # the published scripts train in bf16 under DeepSpeed: the saved extras are bf16
+        extras = torch.load(out / "non_lora_trainables.bin")
+        assert config["dtype"] == "bfloat16" == str(next(iter(extras.values())).dtype).removeprefix("torch.")
     base = pretrained["MODEL_BASE"] if kind == "lora" else None
     _, model, _, _ = load_pretrained_model(str(out), base, device="cpu")
     assert model.get_vision_tower().reduction.method == method
@@ -94,3 +97,55 @@ def test_two_process_zero3_lora_run(train_workspace, tmp_path):
     torch.testing.assert_close(
         model.get_model().mm_projector[0].weight, extras["base_model.model.model.mm_projector.0.weight"]
     )
+
+
+def dry_run(env: dict[str, str]) -> str:
+    """What ``finetune_lora.sh`` would launch (``DRY_RUN=1``): its batch line and command, on stderr."""
+    env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "CUDA_VISIBLE_DEVICES": "", **env}
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_the_world_size_is_the_sum_of_the_hostfile_slots(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("gpu-node-1 slots=8\n# gpu-node-3 slots=8\ngpu-node-2 slots=8  # second node\n")
+    out = dry_run({"HOSTFILE": str(hostfile), "PER_DEVICE_BATCH": "4"})
+    assert "16 process(es) x 4 per device x 2 accumulation = global batch 128" in out
+    assert f"--hostfile {hostfile}" in out
+
+
+def test_one_node_at_a_time_without_ssh(tmp_path):
+    out = dry_run(
+        {"NNODES": "4", "NODE_RANK": "3", "MASTER_ADDR": "10.1.2.3", "NUM_GPUS": "8", "PER_DEVICE_BATCH": "4"}
+    )
+    assert "32 process(es) x 4 per device x 1 accumulation = global batch 128" in out
+    assert "--no_ssh --node_rank 3 --master_addr 10.1.2.3" in out
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DRY_RUN": "1",
+        "NNODES": "2",
+        "NODE_RANK": "2",
+        "MASTER_ADDR": "x",
+    }
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "NODE_RANK=2 is outside 0..1" in result.stderr
+
+
+def test_two_nodes_launched_separately_train_together(pretrained, tmp_path):
+    """Two "nodes" on 127.0.0.1, each started on its own as SLURM would (NODE_RANK 0 and 1, no ssh)."""
+    out = tmp_path / "two-nodes"
+    env = {**os.environ, **pretrained, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "REPORT_TO": "",
+           "OUTPUT_DIR": str(out), "NNODES": "2", "NUM_GPUS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}  # fmt: skip
+    script = ["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh"), "--max_steps", "2"]
+    nodes = [subprocess.Popen(script, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]  # fmt: skip
+    results = [node.communicate(timeout=900) for node in nodes]
+    for node, (_, stderr) in zip(nodes, results):
+        assert node.returncode == 0, stderr[-5000:]
+        assert "2 process(es) x 16 per device x 4 accumulation = global batch 128" in stderr
+    assert checkpoint_kind(out) == "lora" and (out / "non_lora_trainables.bin").is_file()
