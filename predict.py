@@ -3,14 +3,16 @@
 ``cog.yaml`` points at :class:`Predictor`. ``setup()`` loads the checkpoint named by the environment
 variable ``LLAVA_MODEL_PATH`` (default :data:`DEFAULT_MODEL_PATH`), with ``LLAVA_MODEL_BASE`` as the base
 LLM for LoRA or projector-only checkpoints. ``predict()`` asks one question with the ``vicuna_v1``
-template (the one LLaVA-1.5 was trained with) and returns the answer. Nothing is loaded or downloaded
-when this module is imported. See ``docs/Cog.md``.
+template (the one LLaVA-1.5 was trained with) and returns the answer. Its ``dtype`` input (``auto``:
+float16 on CUDA, float32 on CPU) reloads the checkpoint when it names another dtype than the loaded one.
+Nothing is loaded or downloaded when this module is imported. See ``docs/Cog.md``.
 """
 
 # ruff: noqa: B008 - cog declares inputs as `Input(...)` defaults of predict()
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template
+from llava.dtypes import AUTO, DTYPE_CHOICES, resolve_dtype
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model import ReductionConfig, available_reducers
 from llava.serve.cli import generation_kwargs
@@ -51,14 +54,24 @@ class Predictor(BasePredictor):
     """Loads one checkpoint in ``setup()`` and answers a question about an image in ``predict()``."""
 
     def setup(self) -> None:
-        """Loads the checkpoint from ``LLAVA_MODEL_PATH`` (+ ``LLAVA_MODEL_BASE``); remembers its reduction."""
+        """Loads the checkpoint from ``LLAVA_MODEL_PATH`` (+ ``LLAVA_MODEL_BASE``) in the ``auto`` dtype."""
+        self.model_path = os.environ.get("LLAVA_MODEL_PATH") or DEFAULT_MODEL_PATH
+        self.model_base = os.environ.get("LLAVA_MODEL_BASE") or None
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._load(resolve_dtype(AUTO, self.device, option="dtype"))
+
+    def _load(self, dtype: torch.dtype) -> None:
+        """(Re)loads the checkpoint in ``dtype``, after freeing the loaded one; remembers its reduction."""
         from llava.model.builder import load_pretrained_model
 
-        model_path = os.environ.get("LLAVA_MODEL_PATH") or DEFAULT_MODEL_PATH
-        model_base = os.environ.get("LLAVA_MODEL_BASE") or None
+        self.model = self.dtype = None  # a failed load leaves no half-set model; the next call retries
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self.tokenizer, self.model, self.image_processor, self.context_len = load_pretrained_model(
-            model_path, model_base
+            self.model_path, self.model_base, device=self.device, dtype=dtype
         )
+        self.dtype = dtype
         self.checkpoint_reduction = ReductionConfig.from_value(
             getattr(self.model.config, "mm_token_reduction", None)
         )
@@ -77,20 +90,28 @@ class Predictor(BasePredictor):
             default=CHECKPOINT,
             choices=REDUCTION_CHOICES,
         ),
+        dtype: str = Input(
+            description="Precision: auto = float16 on GPU, float32 on CPU (a change reloads the model)",
+            default=AUTO,
+            choices=list(DTYPE_CHOICES),
+        ),
     ) -> str:
         """The model's answer (stripped) to ``prompt`` about ``image``.
 
         Raises:
-            ValueError: an unknown ``token_reduction`` (the message lists the valid ones) or a bad
-                ``temperature`` / ``top_p`` / ``max_tokens``.
+            ValueError: an unknown ``token_reduction`` (the message lists the valid ones) or ``dtype``, a
+                bad ``temperature`` / ``top_p`` / ``max_tokens``, or bfloat16 on a GPU without it.
         """
         reduction = self._reduction(token_reduction)
+        wanted = resolve_dtype(dtype, self.device, option="dtype")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}.")
+        if wanted != self.dtype:
+            self._load(wanted)
         self.model.set_token_reduction(reduction)
 
         conv = get_conv_template(CONV_MODE)

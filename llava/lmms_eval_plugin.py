@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.dtypes import AUTO, resolve_dtype
 from llava.eval.runner import Loaded, build_prompt, generation_kwargs, left_pad
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.token_reduction.args import reduction_from_args
@@ -123,25 +124,27 @@ def parse_int(value: Any, name: str, minimum: int | None = None) -> int | None:
     return number
 
 
-def parse_dtype(value: Any) -> torch.dtype | None:
-    """``float16`` / ``fp16`` / ``bfloat16`` / ``bf16`` / ``float32`` / ``fp32`` (or a torch dtype)."""
+DTYPE_ALIASES = {
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "float": "float32",
+}
+
+
+def parse_dtype(value: Any, device: str | None = None) -> torch.dtype:
+    """The ``dtype`` model_arg on ``device`` (None: CUDA when available) as a torch dtype.
+
+    ``auto`` (also None / ``"None"``) / ``float16`` / ``bfloat16`` / ``float32``, as the command lines'
+    ``--dtype`` (see :func:`llava.dtypes.resolve_dtype`), plus the short names ``fp16`` / ``half`` /
+    ``bf16`` / ``fp32`` / ``float`` and a ``torch.`` prefix; a ``torch.dtype`` is used as is.
+    """
     value = parse_optional(value)
-    if value is None or isinstance(value, torch.dtype):
+    if isinstance(value, torch.dtype):
         return value
-    names = {
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "half": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float": torch.float32,
-    }
-    key = str(value).strip().lower().removeprefix("torch.")
-    if key not in names:
-        raise ValueError(f"dtype must be one of {sorted(names)}, got {value!r}.")
-    return names[key]
+    name = AUTO if value is None else str(value).strip().lower().removeprefix("torch.")
+    return resolve_dtype(DTYPE_ALIASES.get(name, name), device, option="dtype")
 
 
 def parse_batch_size(value: Any) -> int:
@@ -239,7 +242,7 @@ class LlavaPruMerge(_LmmsBase):
         conv_template: conversation template (``vicuna_v1`` for LLaVA-1.5).
         batch_size: requests per forward pass.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: CUDA when available).
-        dtype: ``float16`` / ``bfloat16`` / ``float32`` (default: float16 on CUDA, float32 on CPU).
+        dtype: ``auto`` (default: float16 on CUDA, float32 on CPU) / ``float16`` / ``bfloat16`` / ``float32``.
         max_new_tokens: default generation length when a task's ``gen_kwargs`` sets none.
     """
 
@@ -254,7 +257,7 @@ class LlavaPruMerge(_LmmsBase):
         conv_template: str = "vicuna_v1",
         batch_size: int | str = 1,
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: str | None = AUTO,
         max_new_tokens: int | str = 128,
         **unused: Any,
     ) -> None:
@@ -272,14 +275,14 @@ class LlavaPruMerge(_LmmsBase):
         self.batch_size_per_gpu = parse_batch_size(batch_size)
         self.max_new_tokens = parse_int(max_new_tokens, "max_new_tokens", minimum=1) or 128
         flags = reduction_flags(token_reduction, reduction_variant, reduction_form, reduction_budget)
-        pretrained = str(pretrained)
+        pretrained, device = str(pretrained), parse_optional(device)
         model_name = get_model_name_from_path(pretrained)
         tokenizer, model, processor, _ = load_pretrained_model(
             pretrained,
             parse_optional(model_base),
             model_name,
-            device=parse_optional(device),
-            dtype=parse_dtype(dtype),
+            device=device,
+            dtype=parse_dtype(dtype, device),
         )
         recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
         override = reduction_from_args(recorded, flags)

@@ -14,7 +14,8 @@ recomputed here, as the reducer computes it (top ``num_neighbors`` patches by ke
 for the ``reference`` variant, by key dot product for ``paper``).
 
 One PNG is written per image (``--out`` for one image, ``<stem>_<i>.png`` beside it for several, or
-``<image stem>_<i>.png`` under ``--out-dir``) plus a JSON file of the counts. Drawing the patches
+``<image stem>_<i>.png`` under ``--out-dir``) plus a JSON file of the counts and the ``--dtype`` used
+(``auto``: float16 on CUDA, float32 on the CPU, the default ``--device``). Drawing the patches
 needs only Pillow; ``--hist`` needs matplotlib (``pip install "llava-prumerge[viz]"``).
 Errors a user can fix (missing image or checkpoint, bad option, matplotlib missing) print
 ``error: ...`` and exit with status 2.
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import load_image, process_images
 from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
 from llava.model.token_reduction.config import ReductionConfig
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hist", action="store_true", help="add the class-attention histogram (matplotlib)")
     parser.add_argument("--scale", type=int, default=2, help="pixels per model pixel in the drawing")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_dtype_arg(parser)
     return parser
 
 
@@ -282,10 +285,13 @@ def image_record(name: str, png: Path, report: ImageReport, iqr_scale: float) ->
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any, ReductionConfig]:
-    """Loads the checkpoint and applies the ``--token-reduction`` / ``--reduction-*`` flags."""
+    """Loads the checkpoint in ``--dtype`` and applies the ``--token-reduction`` / ``--reduction-*`` flags."""
     from llava.model.builder import load_pretrained_model
 
-    _, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, device=args.device)
+    dtype = resolve_dtype(args.dtype, args.device)
+    _, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, device=args.device, dtype=dtype
+    )
     if model.get_vision_tower() is None:
         raise ValueError(f"{args.model_path} has no vision tower: nothing to visualise.")
     recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
@@ -300,6 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--scale must be a positive integer, got {args.scale}.")
     if args.hist:
         require_matplotlib()  # fail before the (slow) model load
+    resolve_dtype(args.dtype, args.device)  # likewise an unusable --dtype / --device
     images = [load_image(name) for name in args.image_file]
     model, image_processor, reduction = load_model(args)
     pixels = process_images(images, image_processor, getattr(model.config, "image_aspect_ratio", "pad"))
@@ -319,7 +326,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         png.parent.mkdir(parents=True, exist_ok=True)
         compose(patches, histogram).save(png)
         records.append(image_record(name, png, report, reduction.iqr_scale))
-    result = {"model_path": args.model_path, "reduction": reduction.to_dict(), "images": records}
+    result = {
+        "model_path": args.model_path,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "reduction": reduction.to_dict(),
+        "images": records,
+    }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -282,3 +282,21 @@ def test_reduction_flags_apply_together():
     assert cli.reduction_from_args(ReductionConfig("prumerge"), flags) == ReductionConfig(
         "spatial", budget=36
     )
+
+
+def test_dtype_float16_on_cpu_is_allowed(ckpt, image_file):
+    args = cli.build_parser().parse_args(
+        base_args(ckpt, image_file, "--max-new-tokens", "3", "--device", "cpu", "--dtype", "float16")
+    )
+    session = cli.open_session(args)
+    assert session.model.dtype == torch.float16 and session.pixels.dtype == torch.float16
+    assert isinstance(session.ask("What is this?"), str)
+
+
+def test_bf16_on_a_gpu_without_it_exits_2_before_loading(ckpt, image_file, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    code = cli.main(base_args(ckpt, image_file, "--query", "hi", "--device", "cuda", "--dtype", "bfloat16"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --dtype bfloat16 was asked for") and "use --dtype float16" in err

@@ -294,7 +294,7 @@ def test_loader_as_a_module(ckpt, tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "token reduction none" in result.stderr
+    assert "token reduction none, dtype float32" in result.stderr  # --dtype auto on the CPU
     assert [a["num_visual_tokens"] for a in read_lines(answers)] == [576, 576]
 
 
@@ -371,6 +371,25 @@ def test_science_runner_text_only_and_image_items(ckpt, loaded, tmp_path):
             ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=4, do_sample=False
         )
     assert tokenizer.decode(out[0], skip_special_tokens=True).strip() == single[0]["text"]  # new tokens only
+
+
+def test_science_runner_in_bfloat16(ckpt, tmp_path, capsys):
+    """``--dtype bfloat16`` answers every item, text-only ones included, and logs the dtype it loaded."""
+    items = science_items()
+    for i, item in enumerate(items):
+        if item.get("image"):
+            (tmp_path / "images" / item["image"]).parent.mkdir(parents=True, exist_ok=True)
+            make_image(i).save(tmp_path / "images" / item["image"])
+    questions = tmp_path / "sqa.json"
+    questions.write_text(json.dumps(items))
+    answers = tmp_path / "bf16.jsonl"
+    argv = ["--model-path", str(ckpt), "--question-file", str(questions), "--answers-file", str(answers)]
+    argv += ["--image-folder", str(tmp_path / "images"), "--max_new_tokens", "2", "--device", "cpu"]
+    assert model_vqa_science.main([*argv, "--dtype", "bfloat16", "--batch-size", "2"]) == 0
+    lines = read_lines(answers)
+    assert [a["question_id"] for a in lines] == [item["id"] for item in items]
+    assert [a["num_visual_tokens"] > 0 for a in lines] == [bool(item.get("image")) for item in items]
+    assert "dtype bfloat16" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,9 +47,9 @@ def stand_in_images(folder: Path, names: list[str]) -> None:
         Image.fromarray(pixels).save(folder / name)
 
 
-def run_script(name: str, ckpt: Path, eval_dir: Path) -> subprocess.CompletedProcess:
+def run_script(name: str, ckpt: Path, eval_dir: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DTYPE"},  # the caller's DTYPE would rename the run
         "EVAL_DIR": str(eval_dir),
         "MAX_QUESTIONS": str(N),
         "CHUNKS": "2",
@@ -57,6 +57,7 @@ def run_script(name: str, ckpt: Path, eval_dir: Path) -> subprocess.CompletedPro
         "PYTHON": sys.executable,
         "EXTRA_ARGS": "--max_new_tokens 3 --device cpu",
         "OMP_NUM_THREADS": "1",
+        **extra_env,
     }
     result = subprocess.run(
         ["bash", str(SCRIPTS / name), str(ckpt), "", "prumerge"],
@@ -83,6 +84,30 @@ def test_usage_error_without_checkpoint():
     env = {k: v for k, v in os.environ.items() if k != "MODEL_PATH"}
     result = subprocess.run(["bash", str(SCRIPTS / "pope.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def eval_setup(**env: str) -> subprocess.CompletedProcess:
+    """Sources ``_common.sh`` and runs ``eval_setup CKPT`` with ``env``; prints NAME and MODEL_ARGS."""
+    script = (
+        f'source "{SCRIPTS / "_common.sh"}"; eval_setup ckpt/tiny; echo "$NAME"; echo "${{MODEL_ARGS[*]}}"'
+    )
+    unset = ("DTYPE", "TOKEN_REDUCTION", "REDUCTION_VARIANT", "MODEL_BASE", "MAX_QUESTIONS")
+    base = {k: v for k, v in os.environ.items() if k not in unset}
+    return subprocess.run(["bash", "-c", script], env={**base, **env}, capture_output=True, text=True)
+
+
+def test_dtype_is_passed_to_the_runners_and_named():
+    unset = eval_setup()
+    assert unset.returncode == 0 and unset.stdout.splitlines() == ["tiny", "--model-path ckpt/tiny"]
+    forced = eval_setup(DTYPE="bfloat16", TOKEN_REDUCTION="prumerge")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.splitlines() == [
+        "tiny-prumerge-bfloat16",
+        "--model-path ckpt/tiny --token-reduction prumerge --dtype bfloat16",
+    ]
+    bad = eval_setup(DTYPE="bf16")
+    assert bad.returncode == 2
+    assert "DTYPE must be auto, float16, bfloat16 or float32, got 'bf16'" in bad.stderr
 
 
 @NEEDS_SHARED
@@ -254,9 +279,10 @@ def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(mmbench / "mmbench_dev_20230712.tsv", sep="\t", index=False)
 
-    run_script("mmbench.sh", ckpt, tmp_path / "eval")
+    result = run_script("mmbench.sh", ckpt, tmp_path / "eval", DTYPE="bfloat16")
 
-    name = f"tiny-llava-prumerge-first{N}"
+    name = f"tiny-llava-prumerge-bfloat16-first{N}"
+    assert result.stderr.count("token reduction prumerge/reference, dtype bfloat16") == 2  # both chunks
     answers = read_jsonl(mmbench / "answers" / "mmbench_dev_20230712" / f"{name}.jsonl")
     assert [a["question_id"] for a in answers] == list(range(N))
     sheet = pd.read_excel(mmbench / "answers_upload" / "mmbench_dev_20230712" / f"{name}.xlsx")

@@ -39,6 +39,24 @@ def demo_model(tmp_path_factory):
     return load_demo_model(build_parser().parse_args(argv))
 
 
+def test_dtype_option_default_and_loaded_model(demo_model):
+    """``--dtype`` defaults to ``auto``, which loads float32 on the CPU; ``bfloat16`` is accepted."""
+    argv = ["--model-path", "m"]
+    assert build_parser().parse_args(argv).dtype == "auto"
+    assert build_parser().parse_args([*argv, "--dtype", "bfloat16"]).dtype == "bfloat16"
+    assert {p.dtype for p in demo_model.model.parameters()} == {torch.float32}
+
+
+def test_bf16_on_a_gpu_without_it_fails_before_loading(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    args = build_parser().parse_args(
+        ["--model-path", "/no/such/ckpt", "--device", "cuda", "--dtype", "bfloat16"]
+    )
+    with pytest.raises(ValueError, match=r"--dtype bfloat16 was asked for.*use --dtype float16"):
+        load_demo_model(args)
+
+
 def test_kept_overlay_dims_only_dropped_cells():
     image = Image.new("RGB", (40, 40), COLOUR)
     overlay = kept_overlay(image, torch.tensor([0, 3, -1]), (2, 2))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llava.lmms_eval_plugin import LlavaPruMerge, cut_at_stop, manifest, user_turn
+from llava.lmms_eval_plugin import LlavaPruMerge, cut_at_stop, manifest, parse_dtype, user_turn
 
 TASK, SPLIT = "task", "test"
 COLOURS = [(220, 30, 30), (30, 60, 220), (30, 170, 60)]
@@ -97,6 +97,7 @@ GREEDY = {"max_new_tokens": 4, "temperature": 0, "do_sample": False}
 def test_base_attributes(plugin: LlavaPruMerge) -> None:
     assert (plugin.rank, plugin.world_size) == (0, 1)
     assert plugin.reduction.method == "prumerge"
+    assert plugin.model.dtype == torch.float32  # dtype auto on the CPU
     with pytest.raises(NotImplementedError, match="multi-round"):
         plugin.generate_until_multi_round([])
 
@@ -200,6 +201,39 @@ def test_string_model_args(checkpoint: Path, docs) -> None:
         make_model(checkpoint, docs, reduction_budget="many")
     with pytest.raises(TypeError, match="unknown model_args"):
         make_model(checkpoint, docs, temperature="0")
+
+
+@pytest.mark.parametrize(
+    ("value", "device", "expected"),
+    [
+        (None, "cpu", torch.float32),
+        ("None", "cpu", torch.float32),
+        ("auto", "cpu", torch.float32),
+        ("auto", "cuda", torch.float16),
+        ("bf16", "cpu", torch.bfloat16),
+        ("fp16", "cpu", torch.float16),
+        ("torch.bfloat16", "cpu", torch.bfloat16),
+        ("Float32", "cpu", torch.float32),
+        (torch.float64, "cpu", torch.float64),
+    ],
+)
+def test_parse_dtype(value, device, expected) -> None:
+    assert parse_dtype(value, device) is expected
+
+
+def test_parse_dtype_errors(monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"dtype must be one of auto, float16, bfloat16, float32; got 'fp8'"):
+        parse_dtype("fp8", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match=r"dtype=bfloat16 was asked for.*use dtype=float16"):
+        parse_dtype("bf16", "cuda")
+
+
+def test_bfloat16_model_arg_generates(checkpoint: Path, docs) -> None:
+    model = make_model(checkpoint, docs, dtype="bfloat16")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+    answers = model.generate_until(gen_requests(docs[:2], GREEDY))
+    assert len(answers) == 2 and all(isinstance(text, str) for text in answers)
 
 
 @pytest.mark.skipif(HAS_LMMS_EVAL, reason="lmms-eval is installed")

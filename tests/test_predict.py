@@ -130,6 +130,36 @@ def test_bad_generation_options_raise(predictor, image_file: Path, field: str, v
         predictor.predict(image=image_file, prompt=QUESTION, **{field: value})
 
 
+def test_dtype_input_reloads_only_when_it_changes(ckpt: Path, image_file: Path) -> None:
+    """``dtype="bfloat16"`` reloads the checkpoint in bfloat16 (the reducer choice still applies); the same
+    dtype again keeps the loaded model; ``auto`` goes back to float32 on the CPU."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLAVA_MODEL_PATH", str(ckpt))
+        mp.delenv("LLAVA_MODEL_BASE", raising=False)
+        instance = import_predict().Predictor()
+        instance.setup()
+    assert {p.dtype for p in instance.model.parameters()} == {torch.float32}
+    ask = {"image": image_file, "prompt": QUESTION, "temperature": 0, "max_tokens": 2}
+    answer = instance.predict(**ask, token_reduction="prumerge_plus", dtype="bfloat16")
+    assert isinstance(answer, str)
+    assert {p.dtype for p in instance.model.parameters()} == {torch.bfloat16}
+    assert instance.model.config.mm_token_reduction["method"] == "prumerge_plus"
+    assert instance.checkpoint_reduction.method == "prumerge"
+    bf16_model = instance.model
+    instance.predict(**ask, dtype="bfloat16")
+    assert instance.model is bf16_model
+    instance.predict(**ask, dtype="auto")
+    assert {p.dtype for p in instance.model.parameters()} == {torch.float32}
+
+
+def test_unknown_dtype_raises_before_any_reload(predictor, image_file: Path) -> None:
+    model = predictor.model
+    with pytest.raises(ValueError, match=r"dtype must be one of auto, float16, bfloat16, float32; got 'fp8'"):
+        predictor.predict(image=image_file, prompt=QUESTION, dtype="fp8")
+    predictor.predict(image=image_file, prompt=QUESTION, temperature=0, max_tokens=1, dtype="float32")
+    assert predictor.model is model  # float32 is what auto loaded on the CPU: no reload
+
+
 def test_cog_yaml_points_at_predictor() -> None:
     """``cog.yaml`` keeps its build section and names ``predict.py:Predictor``."""
     text = (REPO_ROOT / "cog.yaml").read_text()

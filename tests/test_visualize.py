@@ -91,6 +91,7 @@ def test_json_counts_match_the_tower(batch_run, tower_run) -> None:
         assert record["indices"] == row[row >= 0].tolist()
         assert record["outliers"] >= 1
     assert result["reduction"]["method"] == "prumerge"
+    assert result["dtype"] == "float32"  # --dtype auto on the CPU
 
 
 def test_kept_cells_are_bright_and_pruned_cells_dimmed(batch_run, tower_run) -> None:
@@ -135,6 +136,27 @@ def test_out_dir_and_reduction_flags(ckpt: Path, images: list[Path], tmp_path: P
     assert record["kept_tokens"] == 36 and len(record["indices"]) == 36
     assert record["merged_patches"] == 0
     assert (tmp_path / "tall_0.png").is_file()
+
+
+def test_dtype_bfloat16_runs_the_tower_in_bfloat16(ckpt: Path, images: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "bf16.png"
+    argv = [
+        "--model-path",
+        str(ckpt),
+        "--image-file",
+        str(images[0]),
+        "--out",
+        str(out),
+        "--dtype",
+        "bfloat16",
+    ]
+    assert visualize.main(argv) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["dtype"] == "bfloat16"
+    record = result["images"][0]
+    assert 0 < record["kept_tokens"] < 576 and len(record["indices"]) == record["kept_patches"]
+    with Image.open(out) as img:
+        assert img.size == (336 * SCALE, 336 * SCALE)
 
 
 def test_missing_image_exits_2_naming_it(ckpt: Path, tmp_path: Path, capsys) -> None:

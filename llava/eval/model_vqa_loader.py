@@ -14,7 +14,8 @@ text) plus ``num_visual_tokens``, the visual tokens that question's image kept::
 An existing answers file is resumed (see :mod:`llava.eval.runner`). Differences from upstream:
 ``--temperature`` defaults to 0 (every upstream script passes 0), ``--batch-size`` may exceed 1 (left
 padding; greedy answers are the same as at 1 in float32), questions without ``image`` are answered as
-text only. Errors print ``error: ...`` and exit with status 2.
+text only, ``--dtype`` picks the precision (``auto``, the default: float16 on CUDA as upstream, float32
+on CPU). Errors print ``error: ...`` and exit with status 2.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def load_questions(args: argparse.Namespace) -> list[Question]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """Upstream's options plus ``--batch-size``, ``--device`` and the token-reduction flags."""
+    """Upstream's options plus ``--batch-size``, ``--device``, ``--dtype`` and the token-reduction flags."""
     result = build_parser(
         "python -m llava.eval.model_vqa_loader",
         "Answer a JSON Lines question file (one image per question) with a LLaVA-1.5 checkpoint.",

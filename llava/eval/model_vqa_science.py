@@ -57,7 +57,7 @@ def load_questions(args: argparse.Namespace) -> list[Question]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """Upstream's options plus ``--batch-size``, ``--device`` and the token-reduction flags."""
+    """Upstream's options plus ``--batch-size``, ``--device``, ``--dtype`` and the token-reduction flags."""
     result = build_parser(
         "python -m llava.eval.model_vqa_science",
         "Answer ScienceQA (LLaVA conversation-form JSON list) with a LLaVA-1.5 checkpoint.",

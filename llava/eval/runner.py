@@ -9,6 +9,7 @@ Each runner turns its question file into a list of :class:`Question` and hands i
   killed run is dropped and rewritten, answers for questions that are not in this shard stop the run
   before the file is touched;
 - checks that every image file still to be read exists, before the model is loaded;
+- loads the model in ``--dtype`` (``auto``: float16 on CUDA, as upstream, float32 on CPU);
 - generates in batches of ``--batch-size`` with left padding (greedy at ``--temperature 0``) and appends
   one JSON line per question, flushed after every batch.
 
@@ -36,6 +37,7 @@ import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates, get_conv_template
+from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
 from llava.model.token_reduction.config import ReductionConfig
@@ -258,12 +260,16 @@ def build_parser(prog: str, description: str, max_new_tokens: int) -> argparse.A
         "--batch-size", type=int, default=1, help="questions per forward (left padding; greedy answers match)"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_arg(parser)
     add_reduction_args(parser)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> str:
-    """Fails on option values that are wrong whatever the checkpoint; returns the device to use."""
+    """Fails on option values that are wrong whatever the checkpoint; returns the device to use.
+
+    ``--dtype`` is checked against that device too (bfloat16 on a GPU without it fails here).
+    """
     from llava.serve.cli import check_args as check_common
 
     if args.batch_size < 1:
@@ -306,17 +312,23 @@ class Loaded:
 
 
 def load_model(args: argparse.Namespace, device: str) -> Loaded:
-    """Loads ``--model-path`` (+ ``--model-base``) and applies the ``--token-reduction`` flags."""
+    """Loads ``--model-path`` (+ ``--model-base``) in ``--dtype`` and applies the ``--token-reduction`` flags."""
     from llava.model.builder import load_pretrained_model
 
     model_name = get_model_name_from_path(args.model_path)
+    dtype = resolve_dtype(args.dtype, device)
     tokenizer, model, processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, device=device
+        args.model_path, args.model_base, model_name, device=device, dtype=dtype
     )
     recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
     override = reduction_from_args(recorded, args)
     reduction = model.set_token_reduction(override) if override is not None else recorded
-    print(f"[llava] {model_name}: token reduction {reduction.describe()}", file=sys.stderr, flush=True)
+    dtype_name = str(dtype).removeprefix("torch.")
+    print(
+        f"[llava] {model_name}: token reduction {reduction.describe()}, dtype {dtype_name}",
+        file=sys.stderr,
+        flush=True,
+    )
     return Loaded(tokenizer, model, processor, model_name)
 
 

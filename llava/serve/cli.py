@@ -13,6 +13,7 @@ One question, answer printed, exit 0::
 Before the first answer one line reports how many visual tokens the image kept, e.g.
 ``[llava] image: 3 x 336 x 336 -> 40 visual tokens (prumerge/reference)``. The token reduction is the
 checkpoint's own unless a ``--token-reduction`` / ``--reduction-*`` flag changes part of it.
+``--dtype`` picks the precision (``auto``: float16 on CUDA, float32 on CPU; see :mod:`llava.dtypes`).
 
 User mistakes (a missing image, an unknown reducer, a LoRA folder without ``--model-base`` ...) print
 ``error: ...`` to stderr and exit with status 2.
@@ -29,6 +30,7 @@ import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, conv_mode_for_model, conv_templates, get_conv_template
+from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
 from llava.model.token_reduction.config import ReductionConfig
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_arg(parser)
     add_reduction_args(parser)
     return parser
 
@@ -70,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> str:
     """Fails on option values that are wrong whatever the checkpoint; returns the device to use.
 
-    Runs before the model is loaded, so these mistakes cost no loading time.
+    Runs before the model is loaded, so these mistakes cost no loading time. ``--dtype`` is checked
+    against the device too (bfloat16 on a GPU without it fails here).
     """
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
@@ -80,15 +84,22 @@ def check_args(args: argparse.Namespace) -> str:
         raise ValueError(f"--reduction-budget must be >= 0 (0 = no budget), got {args.reduction_budget}.")
     if args.token_reduction is not None:
         get_reducer(args.token_reduction)  # an unknown name raises, listing the valid ones
-    if args.device is None:
+    device = check_device(args.device)
+    resolve_dtype(args.dtype, device)
+    return device
+
+
+def check_device(name: str | None) -> str:
+    """The device to use: ``name`` once checked, or CUDA when available, else the CPU."""
+    if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"--device {args.device!r} is not a device name (use cpu, cuda or cuda:N).") from err
+        raise ValueError(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N).") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device} was asked for but CUDA is not available; use --device cpu.")
-    return args.device
+        raise ValueError(f"--device {name} was asked for but CUDA is not available; use --device cpu.")
+    return name
 
 
 def generation_kwargs(temperature: float, max_new_tokens: int, tokenizer: Any) -> dict[str, Any]:
@@ -178,7 +189,7 @@ def open_session(args: argparse.Namespace) -> ChatSession:
     conv = get_conv_template(args.conv_mode or conv_mode_for_model(get_model_name_from_path(args.model_path)))
     image = load_image(args.image_file)  # before the (slow) model load, so a typo fails at once
     tokenizer, model, image_processor, context_len = load_pretrained_model(
-        args.model_path, args.model_base, device=device
+        args.model_path, args.model_base, device=device, dtype=resolve_dtype(args.dtype, device)
     )
     recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
     override = reduction_from_args(recorded, args)

@@ -10,7 +10,8 @@ page shows the image as the vision tower sees it (padded to a square, resized) w
 tokens were kept at full brightness and the others dimmed, and the number of visual tokens the language
 model received. The *Token reduction* dropdown switches the reducer per question; ``checkpoint`` is the
 one the demo started with (the checkpoint's own, changed by any ``--token-reduction`` /
-``--reduction-*`` flag). Each question is a fresh one-turn conversation.
+``--reduction-*`` flag). Each question is a fresh one-turn conversation. ``--dtype`` picks the precision
+(``auto``: float16 on CUDA, float32 on CPU).
 
 Gradio is optional and imported only here; without it the demo exits with an install hint.
 """
@@ -28,6 +29,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_mode_for_model, conv_templates, get_conv_template
+from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import expand2square, get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
 from llava.model.token_reduction.config import ReductionConfig
@@ -189,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_arg(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
     add_reduction_args(parser)
@@ -196,12 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_demo_model(args: argparse.Namespace) -> DemoModel:
-    """Checks the options and loads the checkpoint (with any reduction override) for the demo."""
+    """Checks the options and loads the checkpoint in ``--dtype`` (with any reduction override) for the demo."""
     from llava.model.builder import load_pretrained_model
 
     device = check_args(args)
     tokenizer, model, image_processor, context_len = load_pretrained_model(
-        args.model_path, args.model_base, device=device
+        args.model_path, args.model_base, device=device, dtype=resolve_dtype(args.dtype, device)
     )
     recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
     override = reduction_from_args(recorded, args)

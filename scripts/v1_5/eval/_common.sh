@@ -6,6 +6,8 @@
 #   $3 / TOKEN_REDUCTION  e.g. none, prumerge ("" = whatever the checkpoint recorded)
 #   REDUCTION_VARIANT     optional --reduction-variant (reference | paper)
 #   BATCH_SIZE            questions per forward (default 1, as the paper)
+#   DTYPE                 optional --dtype: auto (the runners' default: float16 on CUDA, float32 on CPU),
+#                         float16, bfloat16 or float32; when set, the results go under NAME-DTYPE
 #   EVAL_DIR              upstream's playground/data/eval layout (default ./playground/data/eval)
 #   MAX_QUESTIONS         answer only the first N questions (smoke tests); results go under NAME-firstN
 #   CHUNKS                number of shards; default = number of ids in CUDA_VISIBLE_DEVICES, else 1
@@ -20,6 +22,7 @@ eval_setup() {
     MODEL_BASE=${2:-${MODEL_BASE:-}}
     TOKEN_REDUCTION=${3:-${TOKEN_REDUCTION:-}}
     REDUCTION_VARIANT=${REDUCTION_VARIANT:-}
+    DTYPE=${DTYPE:-}
     if [[ -z "$MODEL_PATH" ]]; then
         echo "usage: bash $0 CKPT [BASE] [REDUCTION]   (or MODEL_PATH=... MODEL_BASE=... TOKEN_REDUCTION=...)" >&2
         exit 2
@@ -33,17 +36,27 @@ eval_setup() {
         exit 2
     fi
 
-    # Experiment name: checkpoint folder name, plus the reduction when one is forced.
+    case "$DTYPE" in
+        "" | auto | float16 | bfloat16 | float32) ;;
+        *)
+            echo "DTYPE must be auto, float16, bfloat16 or float32, got '$DTYPE'" >&2
+            exit 2
+            ;;
+    esac
+
+    # Experiment name: checkpoint folder name, plus the reduction (and dtype) when one is forced.
     local trimmed=${MODEL_PATH%/}
     NAME=${trimmed##*/}
     [[ -n "$TOKEN_REDUCTION" ]] && NAME="$NAME-$TOKEN_REDUCTION"
     [[ -n "$REDUCTION_VARIANT" ]] && NAME="$NAME-$REDUCTION_VARIANT"
+    [[ -n "$DTYPE" ]] && NAME="$NAME-$DTYPE"
     [[ -n "$MAX_QUESTIONS" ]] && NAME="$NAME-first$MAX_QUESTIONS"
 
     MODEL_ARGS=(--model-path "$MODEL_PATH")
     [[ -n "$MODEL_BASE" ]] && MODEL_ARGS+=(--model-base "$MODEL_BASE")
     [[ -n "$TOKEN_REDUCTION" ]] && MODEL_ARGS+=(--token-reduction "$TOKEN_REDUCTION")
     [[ -n "$REDUCTION_VARIANT" ]] && MODEL_ARGS+=(--reduction-variant "$REDUCTION_VARIANT")
+    [[ -n "$DTYPE" ]] && MODEL_ARGS+=(--dtype "$DTYPE")
     EXTRA=()
     [[ -n "${EXTRA_ARGS:-}" ]] && read -r -a EXTRA <<< "$EXTRA_ARGS"
 
@@ -59,7 +72,7 @@ eval_setup() {
         echo "CHUNKS must be a positive integer, got '$CHUNKS'" >&2
         exit 2
     fi
-    echo "[eval] $NAME: model $MODEL_PATH${MODEL_BASE:+ (base $MODEL_BASE)}, $CHUNKS chunk(s), batch $BATCH_SIZE, data $EVAL_DIR" >&2
+    echo "[eval] $NAME: model $MODEL_PATH${MODEL_BASE:+ (base $MODEL_BASE)}, $CHUNKS chunk(s), batch $BATCH_SIZE, dtype ${DTYPE:-auto}, data $EVAL_DIR" >&2
 }
 
 # limit_questions FILE OUT_DIR -> prints the question file to use: FILE itself, or (MAX_QUESTIONS set)
