@@ -39,7 +39,7 @@ fixed budgets of 64, 128 and 192 tokens), all under ``torch.inference_mode()``:
 
 Usage::
 
-    python benchmarks/bench_e2e.py                                    # CPU, 7B shapes, 1 LLM layer 
+    python benchmarks/bench_e2e.py                                    # CPU, 7B shapes, 1 LLM layer
     python benchmarks/bench_e2e.py --device cuda                      # GPU, 7B, bfloat16, all layers
     python benchmarks/bench_e2e.py --device cuda --shape 13b
 """

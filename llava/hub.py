@@ -11,7 +11,8 @@ Steps: recognise the checkpoint (full, LoRA or projector-only, by its files, as
 copy of the folder made of hard links, or into the folder itself with ``--in-place``), check the
 staged folder loads with ``load_pretrained_model`` on the CPU, then ``HfApi.create_repo`` +
 ``upload_folder``. ``--dry-run`` does everything but the upload and lists the files that would be
-sent. Every failure prints one ``error: ...`` line on stderr and exits with status 2.
+sent. A ``mm_vision_tower`` that is a local path is never published: it becomes ``--vision-tower-id``,
+or the Hub id the local CLIP folder records (a Hub-cache folder name), or the release stops. Every failure prints one ``error: ...`` line on stderr and exits with status 2.
 Nothing is imported from ``huggingface_hub`` or downloaded at import time.
 """
 
@@ -22,6 +23,7 @@ import fnmatch
 import gc
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -277,6 +279,52 @@ def build_card(
     return "\n".join(sections)
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_CACHE_FOLDER = re.compile(r"models--([\w.-]+?)--([\w.-]+)")
+
+
+def recorded_hub_id(tower: Path) -> str | None:
+    """The Hub id a local CLIP folder came from: its config's ``_name_or_path``, or a Hub-cache folder name."""
+    try:
+        name = json.loads((tower / "config.json").read_text()).get("_name_or_path", "")
+    except (OSError, ValueError):
+        name = ""
+    if isinstance(name, str) and HUB_ID.fullmatch(name) and not Path(name).exists():
+        return name
+    for part in reversed(tower.resolve().parts):  # ~/.cache/huggingface/hub/models--org--name/snapshots/<sha>
+        match = HUB_CACHE_FOLDER.fullmatch(part)
+        if match:
+            return f"{match.group(1)}/{match.group(2)}"
+    return None
+
+
+def release_tower(config: dict[str, Any], folder: Path, vision_tower_id: str | None) -> str | None:
+    """The ``mm_vision_tower`` to publish: a Hub id or a folder shipped inside the checkpoint, never a local path.
+
+    Returns None when the recorded value can stay (a Hub id, or a folder inside the checkpoint).
+    """
+    tower = config.get("mm_vision_tower")
+    if vision_tower_id is not None:
+        if not HUB_ID.fullmatch(vision_tower_id):
+            raise ReleaseError(f"--vision-tower-id {vision_tower_id!r} must be a Hub id, org/name")
+        return vision_tower_id
+    if not tower:
+        return None
+    local = Path(str(tower)).expanduser()
+    if not local.is_absolute() and (folder / local).is_dir():
+        return None  # shipped in the repository
+    if not local.is_absolute() and not local.exists() and HUB_ID.fullmatch(str(tower)):
+        return None  # already a Hub id
+    found = recorded_hub_id(local) if local.is_dir() else None
+    if found is None:
+        raise ReleaseError(
+            f"config.json's mm_vision_tower is the local path {tower}, which no downloader has: pass "
+            "--vision-tower-id with the Hub id of that CLIP (e.g. openai/clip-vit-large-patch14-336), or copy "
+            "the tower into the checkpoint folder and point mm_vision_tower at it"
+        )
+    return found
+
+
 def release_files(folder: Path) -> list[Path]:
     """The files of ``folder`` to publish (relative paths), without dot files, trainer checkpoints, logs
     and an old ``README.md``."""
@@ -286,6 +334,13 @@ def release_files(folder: Path) -> list[Path]:
         if path.is_file() and not any(fnmatch.fnmatch(part, p) for part in rel.parts for p in SKIPPED):
             files.append(rel)
     return files
+
+
+def write_config(target: Path, config: dict[str, Any]) -> None:
+    """Replaces ``target/config.json`` by a new file (never writes through a hard link to the original)."""
+    path = target / "config.json"
+    path.unlink(missing_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def stage(folder: Path, staging: Path, card: str) -> Path:
@@ -388,6 +443,12 @@ def build_parser(prog: str = "python -m llava.hub") -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="the card's training-data text")
     parser.add_argument("--license", default=None, help="licence id for the card (default: from the base)")
     parser.add_argument("--skip-load-check", action="store_true", help="do not load the folder before upload")
+    parser.add_argument(
+        "--vision-tower-id",
+        default=None,
+        help="Hub id written as mm_vision_tower when the checkpoint records a local CLIP folder "
+        "(default: the id that folder records, e.g. its Hub-cache name)",
+    )
     return parser
 
 
@@ -402,6 +463,10 @@ def release(args: argparse.Namespace) -> Path:
         raise ReleaseError(
             f"{folder} is a {kind} checkpoint: pass --model-base with the base LLM it was trained on"
         )
+    tower = release_tower(config, folder, args.vision_tower_id)
+    if tower is not None:
+        print(f"mm_vision_tower {config.get('mm_vision_tower')} -> {tower} in the published config.json")
+        config = {**config, "mm_vision_tower": tower}
     results_path = Path(args.results)
     results = read_results(results_path, args.results_row)
     card = build_card(
@@ -417,9 +482,11 @@ def release(args: argparse.Namespace) -> Path:
         )
         target = stage(folder, staging, card)
     print(f"Model card written to {target / 'README.md'}")
-    if not args.skip_load_check:
-        check_loadable(target, base if kind != "full" else None)
+    if not args.skip_load_check:  # with the local tower: this machine may not reach the Hub
+        check_loadable(target if tower is None else folder, base if kind != "full" else None)
         print(f"{target} loads with load_pretrained_model ({kind} checkpoint)")
+    if tower is not None:
+        write_config(target, config)
     files = release_files(target) + [Path("README.md")]
     if args.dry_run:
         print(f"Dry run: would create {args.repo_id} ({'private' if args.private else 'public'}) and upload:")

@@ -158,3 +158,42 @@ def test_import_does_not_load_huggingface_hub():
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     )
+
+
+@pytest.fixture
+def local_tower_ckpt(prumerge_ckpt: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The tiny checkpoint with its CLIP moved out to an absolute local path (as training on a cluster does)."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(prumerge_ckpt, folder)
+    tower = tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / "abc123"
+    shutil.move(folder / "vision_tower", tower)
+    config = json.loads((folder / "config.json").read_text())
+    config["mm_vision_tower"] = str(tower)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, tower
+
+
+def test_a_local_tower_path_is_never_published(local_tower_ckpt, report_json, tmp_path, monkeypatch, capsys):
+    _no_network(monkeypatch)
+    folder, tower = local_tower_ckpt
+    argv = ["--model-path", str(folder), "--results", str(report_json), "--repo-id", "me/x", "--dry-run"]
+    # from the Hub-cache folder name
+    assert hub.main([*argv, "--staging-dir", str(tmp_path / "a")]) == 0
+    staged = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert staged["mm_vision_tower"] == "openai/clip-vit-large-patch14-336"
+    assert "Vision tower: `openai/clip-vit-large-patch14-336`" in (tmp_path / "a" / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["mm_vision_tower"] == str(tower)  # original kept
+    # an explicit id wins
+    assert hub.main([*argv, "--staging-dir", str(tmp_path / "b"), "--vision-tower-id", "me/my-clip"]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["mm_vision_tower"] == "me/my-clip"
+    # a folder that records no id: refused, with the flag named
+    plain = tmp_path / "clip-local"
+    tower.rename(plain)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mm_vision_tower": str(plain)}))
+    capsys.readouterr()
+    assert hub.main([*argv, "--staging-dir", str(tmp_path / "c"), "--skip-load-check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(plain) in err and "--vision-tower-id" in err
