@@ -171,6 +171,34 @@ def test_resume_rewrites_a_truncated_line_and_keeps_the_rest(ckpt, tmp_path):
     assert answers.read_bytes() == before
 
 
+def test_resume_with_other_settings_is_refused_and_names_the_difference(ckpt, tmp_path, capsys):
+    """An answers file records what made it; resuming it with another budget, reducer or model is refused."""
+    questions = write_questions(tmp_path, generated_rows(3))
+    answers = tmp_path / "answers.jsonl"
+    assert run_loader(ckpt, questions, answers, "--reduction-budget", "8") == 0
+    settings = json.loads((tmp_path / "answers.jsonl.settings.json").read_text())
+    assert settings["model_path"] == str(ckpt.resolve()) and settings["dtype"] == "float32"
+    assert settings["options"]["reduction_budget"] == 8 and settings["options"]["max_new_tokens"] == 6
+    assert settings["reduction"]["method"] == "prumerge" and settings["reduction"]["budget"] == 8
+    before = read_lines(answers)
+    answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:2]))  # one left to answer
+    for extra, named in [(["--reduction-budget", "300"], "reduction_budget: 8 -> 300"),
+                         (["--reduction-budget", "8", "--token-reduction", "none"], "token_reduction: None -> 'none'"),
+                         (["--reduction-budget", "8", "--max_new_tokens", "9"], "max_new_tokens: 6 -> 9")]:  # fmt: skip
+        capsys.readouterr()
+        assert run_loader(ckpt, questions, answers, *extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err and "left unchanged" in err
+    other = tmp_path / "other" / ckpt.name  # the same folder name in another run
+    import shutil
+
+    shutil.copytree(ckpt, other)
+    assert run_loader(other, questions, answers, "--reduction-budget", "8") == 2
+    assert "model_path" in capsys.readouterr().err
+    assert run_loader(ckpt, questions, answers, "--reduction-budget", "8") == 0  # the same settings resume
+    assert [a["text"] for a in read_lines(answers)] == [a["text"] for a in before]
+
+
 def test_answer_file_reader_drops_only_a_cut_last_line(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text('{"question_id": 1}\n\n{"question_id": "1"}\n{"question_id": 2, "te')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,11 @@ def run_script(name: str, ckpt: Path, eval_dir: Path, **extra_env: str) -> subpr
     return result
 
 
+def run_name(result: subprocess.CompletedProcess) -> str:
+    """The experiment name a script used (its ``[eval] NAME: ...`` line)."""
+    return re.search(r"^\[eval\] (\S+): model ", result.stderr, re.M).group(1)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -125,9 +131,8 @@ def test_pope_script_end_to_end(ckpt, tmp_path):
             lines = label_file.read_text().splitlines()[: per_category[category]]
             (pope / "coco" / label_file.name).write_text("\n".join(lines) + "\n")
 
-    run_script("pope.sh", ckpt, tmp_path / "eval")
-
-    name = f"tiny-llava-prumerge-first{N}"
+    name = run_name(run_script("pope.sh", ckpt, tmp_path / "eval"))
+    assert re.fullmatch(rf"tiny-llava-prumerge-x\d+-first{N}", name)
     answers = read_jsonl(pope / "answers" / f"{name}.jsonl")
     assert [a["question_id"] for a in answers] == [row["question_id"] for row in rows]
     assert (pope / "answers" / name / "2_0.jsonl").is_file() and (
@@ -170,9 +175,7 @@ def test_sqa_script_end_to_end(ckpt, tmp_path):
     items = json.loads((sqa / "llava_test_CQM-A.json").read_text())[:N]
     stand_in_images(sqa / "images" / "test", [item["image"] for item in items if item.get("image")])
 
-    run_script("sqa.sh", ckpt, tmp_path / "eval")
-
-    name = f"tiny-llava-prumerge-first{N}"
+    name = run_name(run_script("sqa.sh", ckpt, tmp_path / "eval"))
     answers = read_jsonl(sqa / "answers" / f"{name}.jsonl")
     assert sorted(str(a["question_id"]) for a in answers) == sorted(str(item["id"]) for item in items)
     assert [str(a["question_id"]) for a in answers] == [str(item["id"]) for item in items]
@@ -208,10 +211,8 @@ def test_textvqa_and_mme_scripts_end_to_end(ckpt, tmp_path):
         with gt.open("a") as handle:
             handle.write(f"{question}\t{'Yes' if i % 2 == 0 else 'No'}\n")
 
-    run_script("textvqa.sh", ckpt, eval_dir)
-    run_script("mme.sh", ckpt, eval_dir)
-
-    name = f"tiny-llava-prumerge-first{N}"
+    name = run_name(run_script("textvqa.sh", ckpt, eval_dir))
+    assert run_name(run_script("mme.sh", ckpt, eval_dir)) == name
     answers = read_jsonl(textvqa / "answers" / f"{name}.jsonl")
     assert [a["question_id"] for a in answers] == [row["question_id"] for row in rows]
     scores = json.loads((textvqa / "answers" / f"{name}.scores.json").read_text())
@@ -247,9 +248,7 @@ def test_vqav2_script_makes_the_upload_file(ckpt, tmp_path):
     (vqav2 / "llava_vqav2_mscoco_test2015.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stand_in_images(vqav2 / "test2015", [row["image"] for row in rows])
 
-    run_script("vqav2.sh", ckpt, tmp_path / "eval")
-
-    name = f"tiny-llava-prumerge-first{N}"
+    name = run_name(run_script("vqav2.sh", ckpt, tmp_path / "eval"))
     merged = read_jsonl(vqav2 / "answers" / "llava_vqav2_mscoco_test-dev2015" / name / "merge.jsonl")
     assert [a["question_id"] for a in merged] == [r["question_id"] for r in rows[:N]]
     upload = json.loads(
@@ -281,7 +280,8 @@ def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
 
     result = run_script("mmbench.sh", ckpt, tmp_path / "eval", DTYPE="bfloat16")
 
-    name = f"tiny-llava-prumerge-bfloat16-first{N}"
+    name = run_name(result)
+    assert re.fullmatch(rf"tiny-llava-prumerge-bfloat16-x\d+-first{N}", name)
     assert result.stderr.count("token reduction prumerge/reference, dtype bfloat16") == 2  # both chunks
     answers = read_jsonl(mmbench / "answers" / "mmbench_dev_20230712" / f"{name}.jsonl")
     assert [a["question_id"] for a in answers] == list(range(N))
@@ -289,3 +289,22 @@ def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
     assert list(sheet.columns) == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
     assert sheet["index"].tolist() == list(range(N))
     assert sheet["prediction"].fillna("").tolist() == [a["text"] for a in answers]
+
+
+def test_run_names_differ_when_settings_differ():
+    """EXTRA_ARGS and the run folder of a checkpoint-N are part of the name; RUN_NAME replaces it."""
+
+    def name(path: str, **env: str) -> str:
+        script = f'source "{SCRIPTS / "_common.sh"}"; eval_setup {path}; echo "$NAME"'
+        unset = ("DTYPE", "TOKEN_REDUCTION", "REDUCTION_VARIANT", "MODEL_BASE", "MAX_QUESTIONS", "EXTRA_ARGS",
+                 "RUN_NAME")  # fmt: skip
+        base = {k: v for k, v in os.environ.items() if k not in unset}
+        result = subprocess.run(["bash", "-c", script], env={**base, **env}, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()[-1]
+
+    budget8 = name("ckpt/tiny", EXTRA_ARGS="--reduction-budget 8")
+    assert budget8 != name("ckpt/tiny", EXTRA_ARGS="--reduction-budget 300") and budget8.startswith("tiny-x")
+    assert name("ckpt/tiny") == "tiny"
+    assert name("runA/checkpoint-500") == "runA-checkpoint-500" != name("runB/checkpoint-500")
+    assert name("ckpt/tiny", RUN_NAME="mine", EXTRA_ARGS="--reduction-budget 8") == "mine"

@@ -8,6 +8,9 @@ Each runner turns its question file into a list of :class:`Question` and hands i
 - resumes: the question ids already in ``--answers-file`` are skipped, a truncated last line left by a
   killed run is dropped and rewritten, answers for questions that are not in this shard stop the run
   before the file is touched;
+- records what produced the answers (model path and base, dtype, every other option, and the token
+  reduction the loaded model runs) in ``<answers file>.settings.json``, and refuses to resume a file
+  made with other settings, naming each difference;
 - checks that every image file still to be read exists, before the model is loaded;
 - loads the model in ``--dtype`` (``auto``: float16 on CUDA, as upstream, float32 on CPU);
 - generates in batches of ``--batch-size`` with left padding (greedy at ``--temperature 0``) and appends
@@ -220,6 +223,84 @@ def open_for_append(path: Path, state: AnswerFileState):
     if state.needs_newline:
         handle.write("\n")
     return handle
+
+
+# Options that say where things are or how the work is split, not what the answers are.
+NOT_SETTINGS = frozenset({"answers_file", "question_file", "image_folder", "num_chunks", "chunk_idx",
+                          "batch_size", "device", "model_path", "model_base", "dtype"})  # fmt: skip
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_path(answers: Path) -> Path:
+    """``<answers file>.settings.json``: what produced the answers (beside each shard's file)."""
+    return answers.with_name(answers.name + SETTINGS_SUFFIX)
+
+
+def _model_source(name: str | None) -> str | None:
+    """A local checkpoint as its absolute path (two ``checkpoint-500`` folders differ); a Hub id as given."""
+    if name is None:
+        return None
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.exists() else name
+
+
+def requested_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Everything that decides the answers and is known before loading: model, base, dtype, options.
+
+    Every other command-line option counts (reduction flags, generation settings, prompt mode, ...), so a
+    new runner option is recorded without a change here. (Batched answers equal batch-1 answers, so the
+    batch size is not a setting.)
+    """
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
+    dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
+    return {"model_path": _model_source(args.model_path), "model_base": _model_source(args.model_base),
+            "dtype": dtype, "options": options}  # fmt: skip
+
+
+def read_settings(path: Path) -> dict[str, Any] | None:
+    file = settings_path(path)
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(
+            f"{file} is not JSON ({err}); delete it to resume without the settings check."
+        ) from err
+
+
+def settings_difference(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``name: recorded -> current`` for every setting that differs (options compared one by one)."""
+    flat_old = {**{k: v for k, v in recorded.items() if k != "options"}, **recorded.get("options", {})}
+    flat_new = {**{k: v for k, v in current.items() if k != "options"}, **current.get("options", {})}
+    keys = sorted(set(flat_old) | set(flat_new))
+    return [
+        f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys if flat_old.get(k) != flat_new.get(k)
+    ]
+
+
+def check_same_settings(path: Path, state: AnswerFileState, recorded: dict | None, current: dict) -> None:
+    """Refuses to add answers made with other settings to an answers file (nothing is changed)."""
+    if not state.count:
+        return
+    if recorded is None:
+        print(f"warning: {path} records no settings (written by an older version); resuming without the "
+              "settings check.", file=sys.stderr)  # fmt: skip
+        return
+    differs = settings_difference({k: recorded.get(k) for k in current}, current)
+    if differs:
+        raise ValueError(
+            f"{path} holds {state.count} answer(s) made with other settings ({'; '.join(differs)}). Resuming "
+            "would mix the two: pass another --answers-file (the eval scripts name runs after their "
+            "settings), or delete the file to start again. It was left unchanged."
+        )
+
+
+def write_settings(path: Path, settings: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = settings_path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    os.replace(tmp, settings_path(path))
 
 
 def check_images_exist(questions: Iterable[Question]) -> None:
@@ -476,12 +557,20 @@ def run_questions(
     path = Path(args.answers_file).expanduser()
     state = read_answer_file(path)
     check_answers_belong(state, shard, path)
+    recorded, settings = read_settings(path), requested_settings(args, device)
+    check_same_settings(path, state, recorded, settings)
     pending = pending_questions(shard, state)
     if not pending:
         print(f"[llava] {path}: all {len(shard)} questions already answered.", file=sys.stderr)
         return 0
     check_images_exist(pending)
     loaded = loaded or load_model(args, device)
+    settings["reduction"] = dict(
+        getattr(loaded.model.config, "mm_token_reduction", None) or {"method": "none"}
+    )
+    if recorded is not None:  # the reduction the loaded model runs, resolved from the checkpoint and flags
+        check_same_settings(path, state, recorded, settings)
+    write_settings(path, settings)
     kwargs = generation_kwargs(args, loaded.tokenizer)
     batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]
     bar = tqdm(total=len(shard), initial=len(shard) - len(pending), unit="q", desc=path.name)

@@ -12,7 +12,9 @@
 #   MAX_QUESTIONS         answer only the first N questions (smoke tests); results go under NAME-firstN
 #   CHUNKS                number of shards; default = number of ids in CUDA_VISIBLE_DEVICES, else 1
 #   PYTHON                interpreter (default python)
-#   EXTRA_ARGS            more runner flags, word-split (e.g. "--max_new_tokens 4 --device cpu")
+#   EXTRA_ARGS            more runner flags, word-split (e.g. "--max_new_tokens 4 --device cpu"); when set,
+#                         the name gets -x<checksum of EXTRA_ARGS>
+#   RUN_NAME              the experiment name to use instead of the one built from the settings
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 
 # Sets: MODEL_PATH MODEL_BASE NAME EVAL_DIR BATCH_SIZE CHUNKS GPULIST PYTHON.
@@ -44,13 +46,22 @@ eval_setup() {
             ;;
     esac
 
-    # Experiment name: checkpoint folder name, plus the reduction (and dtype) when one is forced.
+    # Experiment name: checkpoint folder name (with its run folder for a checkpoint-N), plus the reduction
+    # and dtype when forced, and a checksum of EXTRA_ARGS when given, so that other settings never share
+    # an answers file. (The runners also record the settings beside each answers file and refuse to
+    # resume one made with others.) RUN_NAME replaces the whole name.
     local trimmed=${MODEL_PATH%/}
     NAME=${trimmed##*/}
+    if [[ "$NAME" =~ ^checkpoint-[0-9]+$ && "$trimmed" == */* ]]; then
+        local run=${trimmed%/*}
+        NAME="${run##*/}-$NAME"
+    fi
     [[ -n "$TOKEN_REDUCTION" ]] && NAME="$NAME-$TOKEN_REDUCTION"
     [[ -n "$REDUCTION_VARIANT" ]] && NAME="$NAME-$REDUCTION_VARIANT"
     [[ -n "$DTYPE" ]] && NAME="$NAME-$DTYPE"
+    [[ -n "${EXTRA_ARGS:-}" ]] && NAME="$NAME-x$(printf '%s' "$EXTRA_ARGS" | cksum | cut -d' ' -f1)"
     [[ -n "$MAX_QUESTIONS" ]] && NAME="$NAME-first$MAX_QUESTIONS"
+    NAME=${RUN_NAME:-$NAME}
 
     MODEL_ARGS=(--model-path "$MODEL_PATH")
     [[ -n "$MODEL_BASE" ]] && MODEL_ARGS+=(--model-base "$MODEL_BASE")
