@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests_support import SHARED, SHARED_SKIP
 
 # A few sentences so that the tiny tokenizer has real word pieces besides the template words.
 TINY_CORPUS = [
@@ -80,3 +81,15 @@ def shapes_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("shapes") / "shapes.png"
     img.save(path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Says how many tests did not run because the shared fixtures are absent (a user's clone)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    shared = [report for report in skipped if SHARED_SKIP in str(report.longrepr)]
+    if shared:
+        terminalreporter.write_line(
+            f"{len(shared)} test(s) skipped because they need the shared fixtures (parity with the authors' "
+            f"PruMerge outputs and the official LLaVA-1.5 answers), not found at {SHARED}; set "
+            "LLAVA_SHARED_DIR to run them."
+        )

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tests_support import SHARED, shared_reason
 
 from llava.eval import model_vqa_loader, model_vqa_mmbench, model_vqa_science
 from llava.eval.runner import get_chunk, open_for_append, read_answer_file, split_list
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 UPSTREAM = SHARED / "fixtures" / "upstream_eval"
 POPE_QUESTIONS = UPSTREAM / "pope" / "llava_pope_test.jsonl"
 POPE_ANSWERS = UPSTREAM / "pope" / "answers" / "llava-v1.5-13b.jsonl"
@@ -125,7 +125,9 @@ def test_batch_size_does_not_change_greedy_answers(source, ckpt, loaded, tmp_pat
     """Batch 3 (left padding, varied prompt and visual-token lengths) answers exactly as batch 1."""
     if source == "pope":
         if not POPE_QUESTIONS.is_file():
-            pytest.skip(f"the real POPE question file is not here ({POPE_QUESTIONS}); generated variant only")
+            pytest.skip(
+                shared_reason(POPE_QUESTIONS.parent, "the real POPE questions; the generated variant ran")
+            )
         rows = [json.loads(line) for line in POPE_QUESTIONS.read_text().splitlines()[:8]]
     else:
         rows = generated_rows(7)

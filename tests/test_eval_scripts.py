@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests_support import SHARED, needs_shared
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts" / "v1_5" / "eval"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 UPSTREAM = SHARED / "fixtures" / "upstream_eval"
 N = 6
-NEEDS_SHARED = pytest.mark.skipif(
-    not UPSTREAM.is_dir(), reason=f"the real LLaVA-1.5 eval files are not here ({UPSTREAM})"
-)
+NEEDS_SHARED = needs_shared(UPSTREAM, "the real LLaVA-1.5 eval files")
 
 
 @pytest.fixture(scope="module")

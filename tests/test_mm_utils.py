@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tests_support import SHARED, shared_reason
 from transformers import AutoTokenizer
 
 from llava.constants import IMAGE_TOKEN_INDEX
@@ -23,7 +24,6 @@ from llava.mm_utils import (
 )
 from llava.tokenizer_train import train_sentencepiece_tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "prumerge_reference"
 FIXTURE_IMAGES = ["astronaut", "coffee", "chelsea", "flat", "gradient", "shapes"]
 CLIP_PAD_COLOUR = (122, 116, 104)
@@ -36,7 +36,7 @@ def tokenizer(tiny_tokenizer_dir: Path):
 
 def _require_fixtures() -> None:
     if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES} (the 'shared' folder beside the repo)")
+        pytest.skip(shared_reason(FIXTURES, "the authors' pre-processed pixels"))
 
 
 # ---------------------------------------------------------------- images

@@ -5,15 +5,15 @@ CLIP tower and six images). Tolerances are those of that folder's README.
 """
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tests_support import SHARED, needs_shared
 
 from llava.model.multimodal_encoder.builder import build_vision_tower
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "prumerge_reference"
+FIXTURES = SHARED / "fixtures" / "prumerge_reference"
 NAMES = ["astronaut", "coffee", "chelsea", "flat", "gradient", "shapes"]
 METHODS = {  # fixture key -> our reduction
     "prumerge": {"method": "prumerge"},
@@ -21,11 +21,7 @@ METHODS = {  # fixture key -> our reduction
     "plus_fixed": {"method": "prumerge_plus", "form": "fixed"},
 }
 
-pytestmark = pytest.mark.skipif(
-    not FIXTURES.is_dir(),
-    reason=f"the shared PruMerge reference fixtures are not beside this clone ({FIXTURES}); "
-    "these tests compare against the authors' outputs and only run in the project workspace",
-)
+pytestmark = needs_shared(FIXTURES, "the authors' PruMerge outputs")
 
 
 @pytest.fixture(scope="module")

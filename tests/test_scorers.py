@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests_support import SHARED, needs_shared
 
 from llava.eval import eval_mme, eval_pope, eval_science_qa, eval_textvqa
 from llava.eval.io import JSONLError, read_jsonl, scores_path, write_scores
@@ -20,13 +21,9 @@ from llava.eval.m4c_evaluator import EvalAIAnswerProcessor, TextVQAAccuracyEvalu
 from llava.eval.vqav2 import build_submission
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "upstream_eval"
 
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(),
-    reason=f"upstream evaluation fixtures not found at {FIXTURES} (the shared folder is absent)",
-)
+needs_fixtures = needs_shared(FIXTURES, "the official LLaVA-1.5-13B answers")
 
 
 def write_lines(path: Path, records: list[dict]) -> Path:

@@ -1,9 +1,28 @@
-"""Small helpers shared by test modules (prompts and padding)."""
+"""Small helpers shared by test modules (the shared fixtures' location, prompts and padding)."""
 
+import os
+from pathlib import Path
+
+import pytest
 import torch
 
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token
+
+# The workspace's read-only fixtures (the authors' PruMerge outputs, the real LLaVA-1.5 eval files): the
+# folder "shared" beside the clone, or LLAVA_SHARED_DIR. A user's clone has neither; the tests that need
+# them skip with SHARED_SKIP in their reason, and conftest.py counts those skips in the summary.
+SHARED = Path(os.environ.get("LLAVA_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+SHARED_SKIP = "needs the shared fixtures"
+
+
+def shared_reason(folder: Path, what: str) -> str:
+    return f"{SHARED_SKIP} ({what}), absent at {folder}"
+
+
+def needs_shared(folder: Path, what: str) -> pytest.MarkDecorator:
+    """Skips the test (or module, as ``pytestmark``) when ``folder`` of the shared fixtures is absent."""
+    return pytest.mark.skipif(not folder.is_dir(), reason=shared_reason(folder, what))
 
 
 def prompt_ids(tokenizer, question: str, image: bool = True) -> torch.Tensor:
