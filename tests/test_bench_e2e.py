@@ -106,6 +106,7 @@ def test_throughput_and_greedy_comparison(tiny_run: tuple[dict[str, Any], Path])
             assert isinstance(entry["greedy_identical_to_batch1"], bool)
             assert 0 <= entry["mismatched_images"] <= entry["batch_size"]
             assert entry["greedy_identical_to_batch1"] == (entry["mismatched_images"] == 0)
+            assert entry["greedy_identical_to_batch1"], (row["key"], entry)  # float32: batched = batch 1
         batch2 = tput[1]
         # the padded length holds the longest spliced prompt of the batch
         assert batch2["padded_length"] >= row["prefill_tokens"]

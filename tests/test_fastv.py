@@ -105,7 +105,12 @@ def test_evaluation_runner_generation_uses_fastv(fastv_model):
     pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(6))
     kwargs = {"max_new_tokens": 5, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
     loaded = Loaded(tokenizer=tokenizer, model=model, image_processor=None, model_name="tiny")
-    texts, _, _ = generate_batch(loaded, [prompt], pixels, kwargs)
+    from llava.model.fastv import FastV
+
+    with mock.patch.object(FastV, "keep", autospec=True, side_effect=FastV.keep) as keep:
+        texts, _, _ = generate_batch(loaded, [prompt], pixels, kwargs)
+    assert keep.call_count == 1  # the runner's prefill pruned (once; decoding steps drop nothing)
+    assert int(keep.call_args.args[3].kept_visual[0].sum()) == round(576 * FASTV["ratio"])
     ids = prompt_ids(tokenizer, "What is this?")[None]
     direct = model.generate(ids, images=pixels, **kwargs)  # passes FastV's visual mask
     assert texts == [tokenizer.decode(direct[0], skip_special_tokens=True).strip()]

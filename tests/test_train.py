@@ -73,6 +73,10 @@ def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_
     pixels = process_images([Image.open(root / "images" / "0.png")], processor)
     answer = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
     assert answer.shape[0] == 1 and answer.shape[1] >= 1
+    trained = run.model.eval()  # the adapter as trained, unmerged: the merged model computes the same
+    with torch.no_grad():
+        expected = trained(input_ids=ids, images=pixels).logits
+        torch.testing.assert_close(model(input_ids=ids, images=pixels).logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_pretraining_saves_only_the_projector(train_workspace, tmp_path):
