@@ -200,3 +200,24 @@ def test_file_encodings_are_accepted_or_named(data_dir, tiny_tokenizer_dir):
         build("mixed.jsonl")
     skipping = build("mixed.jsonl", skip_bad=True)
     assert len(skipping) == 2 and skipping.skipped == 1
+
+
+def test_the_image_check_can_be_skipped_and_a_missing_file_is_named_when_drawn(
+    data_dir, tiny_tokenizer_dir, monkeypatch
+):
+    from pathlib import Path
+
+    missing = {**MULTI_TURN, "id": "gone", "image": "gone.png"}
+    with pytest.raises(BadSampleError, match=r"\(id gone\).*gone.png is missing"):
+        dataset(data_dir, tiny_tokenizer_dir, [TEXT_ONLY, missing])
+    looked = []
+    real_is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: looked.append(self.name) or real_is_file(self))
+    ds, _ = dataset(data_dir, tiny_tokenizer_dir, [TEXT_ONLY, missing], check_images=False)
+    assert "gone.png" not in looked and len(ds) == 2  # --skip_image_check: no file is looked at up front
+    with pytest.raises(BadSampleError, match=r"\(id gone\).*gone.png"):
+        ds[1]
+    skipping, _ = dataset(
+        data_dir, tiny_tokenizer_dir, [TEXT_ONLY, missing], check_images=False, skip_bad=True
+    )
+    assert "image" not in skipping[1] and skipping.corrupt_images.value == 1

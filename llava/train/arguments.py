@@ -65,6 +65,12 @@ class DataArguments:
         default=False,
         metadata={"help": "skip bad samples (counted) instead of stopping with the sample named"},
     )
+    skip_image_check: bool = field(
+        default=False,
+        metadata={
+            "help": "do not check up front that every image file exists (rank 0 does it once by default)"
+        },
+    )
 
 
 @dataclass

@@ -149,8 +149,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | BadSampleErr
                 yield number, BadSampleError(f"{path} line {number}: not valid JSON ({err.msg})")
 
 
-def check_record(record: Any, where: str, image_folder: Path | None) -> None:
-    """Raises ``BadSampleError`` for a sample the trainer cannot use."""
+def check_record(record: Any, where: str, image_folder: Path | None, image_missing: bool = False) -> None:
+    """Raises ``BadSampleError`` for a sample the trainer cannot use (``image_missing``: its file is not there)."""
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         raise BadSampleError(f"{where}: no 'conversations' list.")
     turns = record["conversations"]
@@ -163,22 +163,52 @@ def check_record(record: Any, where: str, image_folder: Path | None) -> None:
         raise BadSampleError(f"{where}: the text has <image> but the sample names no image file.")
     if image and not mentions:
         raise BadSampleError(f"{where}: the sample names an image but no turn holds <image>.")
-    if image and image_folder is not None and not (image_folder / image).is_file():
+    if image and image_missing:
         raise BadSampleError(f"{where}: image file {image_folder / image} is missing (check --image_folder).")
 
 
-def load_samples(data_path: str, image_folder: str | None, skip_bad: bool) -> tuple[list[Sample], int]:
-    """Validated samples and the number skipped (``skip_bad``), or the first bad sample's error."""
+def missing_images(records: list[tuple[int, Any]], folder: Path | None) -> set[int]:
+    """The record numbers whose image file is not in ``folder``, checked once per run.
+
+    In a multi-process run (torch.distributed initialised) rank 0 looks at the files and shares the
+    answer, so a 625K-image dataset on a network file system is not ``stat``-ed by every rank.
+    """
+    import torch.distributed as dist
+
+    def look() -> list[int]:
+        return sorted(number for number, record in records
+                      if isinstance(record, dict) and isinstance(record.get("image"), str) and record["image"]
+                      and not (folder / record["image"]).is_file())  # fmt: skip
+
+    if folder is None:
+        return set()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return set(look())
+    box = [look() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return set(box[0])
+
+
+def load_samples(
+    data_path: str, image_folder: str | None, skip_bad: bool, check_images: bool = True
+) -> tuple[list[Sample], int]:
+    """Validated samples and the number skipped (``skip_bad``), or the first bad sample's error.
+
+    ``check_images``: fail (or skip) now on samples whose image file is missing; without it, a missing
+    file surfaces when the sample is drawn (a stop naming it, or a counted skip with ``skip_bad``).
+    """
     folder = Path(image_folder) if image_folder else None
     samples, skipped = [], 0
-    for number, record in read_records(data_path):
+    records = read_records(data_path)
+    missing = missing_images(records, folder) if check_images else set()
+    for number, record in records:
         label = "line" if str(data_path).endswith(".jsonl") else "sample"
         sample_id = record.get("id", "?") if isinstance(record, dict) else "?"
         where = f"{data_path} {label} {number} (id {sample_id})"
         try:
             if isinstance(record, BadSampleError):
                 raise record
-            check_record(record, where, folder)
+            check_record(record, where, folder, image_missing=number in missing)
         except BadSampleError as err:
             if not skip_bad:
                 raise BadSampleError(
@@ -282,8 +312,8 @@ class LazySupervisedDataset(Dataset):
     """
 
     def __init__(self, data_path: str, tokenizer, image_processor, conv_version: str, image_folder: str | None,
-                 image_aspect_ratio: str = "square", skip_bad: bool = False) -> None:  # fmt: skip
-        self.samples, self.skipped = load_samples(data_path, image_folder, skip_bad)
+                 image_aspect_ratio: str = "square", skip_bad: bool = False, check_images: bool = True) -> None:  # fmt: skip
+        self.samples, self.skipped = load_samples(data_path, image_folder, skip_bad, check_images)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.template = get_conv_template(conv_version)

@@ -205,9 +205,11 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
     model = build_model(model_args, training_args, config, attn_implementation)
     from llava.mm_utils import load_image_processor
 
+    _ = training_args.world_size  # sets up the process group (torchrun), so rank 0 alone checks the images
     dataset = LazySupervisedDataset(
         data_args.data_path, tokenizer, load_image_processor(config.mm_vision_tower), model_args.version,
         data_args.image_folder, data_args.image_aspect_ratio, skip_bad=data_args.skip_bad_samples,
+        check_images=not data_args.skip_image_check,
     )  # fmt: skip
     trainer = LLaVATrainer(
         model=model,
