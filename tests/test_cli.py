@@ -213,9 +213,14 @@ def test_reduction_from_args_merges_flags():
     args.token_reduction, args.reduction_budget = "prumerge_plus", 0
     assert cli.reduction_from_args(recorded, args) == ReductionConfig(method="prumerge_plus")
     args.token_reduction, args.reduction_budget, args.reduction_form = None, 20, "fixed"
+    with pytest.raises(ValueError, match="the 'spatial' reducer has none"):  # the fixed form is PruMerge+'s
+        cli.reduction_from_args(recorded, args)
+    args.token_reduction = "prumerge_plus"  # a new method drops the recorded grid
     assert cli.reduction_from_args(recorded, args) == ReductionConfig(
-        method="spatial", grid=(5, 8), budget=20, form="fixed"
+        method="prumerge_plus", budget=20, form="fixed"
     )
+    args.token_reduction, args.reduction_form = "prumerge", None  # and the fixed form
+    assert cli.reduction_from_args(ReductionConfig("prumerge_plus", form="fixed"), args).form == "adaptive"
 
 
 def test_missing_image_fails_in_a_subprocess(ckpt, tmp_path):
@@ -300,3 +305,22 @@ def test_bf16_on_a_gpu_without_it_exits_2_before_loading(ckpt, image_file, capsy
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: --dtype bfloat16 was asked for") and "use --dtype float16" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--token-reduction", "spatial", "--reduction-budget", "700"], "at most 576"),
+        (["--token-reduction", "prumerge", "--reduction-budget", "577"], "at most 576"),
+        (
+            ["--token-reduction", "spatial", "--reduction-budget", "500"],
+            "does not fit the 24 x 24 patch grid",
+        ),
+        (["--token-reduction", "prumerge", "--reduction-form", "fixed"], "the 'prumerge' reducer has none"),
+    ],
+)
+def test_impossible_reduction_options_are_one_error_line(ckpt, image_file, capsys, flags, message):
+    code = cli.main(base_args(ckpt, image_file, "--query", "hi", *flags))
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and message in last and "Traceback" not in err

@@ -304,3 +304,23 @@ def test_ratio_is_a_budget_relative_to_n():
     assert ReductionConfig("sequential", ratio=0.5).for_tokens(576).budget == 288
     with pytest.raises(ValueError, match="not both"):
         ReductionConfig("aits", ratio=0.5, budget=3)
+
+
+def test_no_reducer_returns_more_tokens_than_it_got_or_an_all_zero_token():
+    """Adaptive PruMerge+ when >= 116 outliers include the last patch: every patch becomes a centre."""
+    from llava.model.token_reduction import ReductionConfig, get_reducer
+    from llava.model.token_reduction.reducers import ReducerInputs, outlier_count
+
+    n, generator = 576, torch.Generator().manual_seed(3)
+    attention = torch.full((1, n), 1e-4) + 1e-7 * torch.rand(1, n, generator=generator)
+    big = torch.cat([torch.randperm(n - 1, generator=generator)[:135], torch.tensor([n - 1])])
+    attention[0, big] = 0.5 + torch.rand(136, generator=generator)
+    attention = attention / attention.sum()
+    assert int(outlier_count(attention)[0]) == 136
+    inputs = ReducerInputs(features=torch.randn(1, n, 16, generator=generator), attention=attention,
+                           keys=torch.randn(1, n, 16, generator=generator), grid=(24, 24))  # fmt: skip
+    for reduction in ({"method": "prumerge_plus"}, {"method": "prumerge", "budget": 576}):
+        out = get_reducer(reduction["method"]).fn(inputs, ReductionConfig.from_value(reduction))
+        length = int(out.lengths[0])
+        assert length == n, reduction  # all N patches, no extra token on top
+        assert (out.tokens[0, :length].abs().amax(-1) > 0).all(), reduction  # no all-zero token

@@ -50,3 +50,21 @@ def test_cls_patch_keeps_the_cls_token():
                           mm_vision_select_feature="cls_patch")  # fmt: skip
     out = build_vision_tower(cfg, load_weights=False)(torch.randn(1, 3, 336, 336))
     assert out.tokens.shape[1] == 577 and out.lengths.tolist() == [577]
+
+
+def test_impossible_budgets_fail_when_the_reducer_is_chosen():
+    cfg = SimpleNamespace(mm_vision_tower="x", vision_config=tiny_clip_config(num_layers=4))
+    tower = build_vision_tower(cfg, load_weights=False)
+    for reduction in ({"method": "prumerge", "budget": 577}, {"method": "sequential", "budget": 5000}):
+        with pytest.raises(ValueError, match="more than the 576 tokens this vision tower produces"):
+            tower.set_reduction(reduction)
+    with pytest.raises(ValueError, match="does not fit"):
+        tower.set_reduction({"method": "spatial", "budget": 575})  # 23 x 25: no room for 25 columns
+    with pytest.raises(ValueError, match="budget"):
+        tower.set_reduction("ats")  # needs a budget: said when chosen, not at the first image
+    tower.set_reduction({"method": "prumerge", "budget": 576})  # the whole budget: allowed
+    out = tower(torch.randn(1, 3, 336, 336))
+    assert out.lengths.tolist() == [576] and int((out.indices[0] >= 0).sum()) == 575  # + the extra token
+    with pytest.raises(ValueError, match="more than the 576"):
+        build_vision_tower(SimpleNamespace(**vars(cfg), mm_token_reduction={"method": "prumerge", "budget": 600}),
+                           load_weights=False)  # fmt: skip

@@ -86,6 +86,7 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower = CLIPVisionModel(config)
         self.vision_tower.requires_grad_(False)
         self._check_layers()
+        self._check_options()
 
     def _check_layers(self) -> None:
         layers = self.config.num_hidden_layers
@@ -176,6 +177,42 @@ class CLIPVisionTower(nn.Module):
         self.reduction = ReductionConfig.from_value(reduction)
         self.reducer = get_reducer(self.reduction.method)
         self._check_layers()
+        self._check_options()
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the reducer receives per image: the patches (plus CLS with ``cls_patch``)."""
+        return self.num_patches + (self.select_feature == "cls_patch")
+
+    def _check_options(self) -> None:
+        """Option errors surface when a reducer is chosen, not at the first image.
+
+        A budget above the tower's token count is refused; then the reducer runs once on a blank
+        one-image input of the real size, so its own checks (a spatial grid that does not fit, a method
+        that needs a budget) raise here with their messages.
+        """
+        n, budget = self.num_tokens, self.reduction.budget
+        if budget is not None and budget > n:
+            raise ValueError(
+                f"A budget of {budget} visual tokens is more than the {n} tokens this vision tower produces "
+                f"per image ({self.grid[0]}x{self.grid[1]} patches): choose at most {n}."
+            )
+        # explicit device and dtype: the tower may be built under a meta-device or half-precision default
+        blank = {"device": torch.device("cpu"), "dtype": torch.float32}
+        keys = torch.randn(1, n, 8, generator=torch.Generator().manual_seed(0), **blank)
+        inputs = ReducerInputs(features=torch.zeros(1, n, 8, **blank), keys=keys, grid=self.grid, values=keys,
+                               attention=torch.full((1, n), 1.0 / n, **blank))  # fmt: skip
+        self._reduce(inputs)
+
+    def _reduce(self, inputs: ReducerInputs):
+        """The reducer on ``inputs``; never more tokens than it was given."""
+        n = inputs.features.shape[1]
+        out = self.reducer.fn(inputs, self.reduction.for_tokens(n))
+        if out.lengths.numel() and int(out.lengths.max()) > n:
+            raise RuntimeError(
+                f"The {self.reduction.describe()!r} reducer returned more than its {n} tokens."
+            )
+        return out
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``hidden_states[select_layer]`` of the encoder, CLS first: ``[B, 1 + N, D]``."""
@@ -217,7 +254,7 @@ class CLIPVisionTower(nn.Module):
         inputs = ReducerInputs(
             features=features, attention=attention, keys=keys, grid=self.grid, values=values
         )
-        out = self.reducer.fn(inputs, self.reduction.for_tokens(features.shape[1]))
+        out = self._reduce(inputs)
         return VisionTowerOutput(out.tokens, out.lengths, out.indices, attention)
 
 

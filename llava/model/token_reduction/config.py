@@ -61,6 +61,10 @@ class ReductionConfig:
             raise ValueError(f"Unknown reduction variant {self.variant!r}; choose one of {list(VARIANTS)}.")
         if self.form not in PLUS_FORMS:
             raise ValueError(f"Unknown PruMerge+ form {self.form!r}; choose one of {list(PLUS_FORMS)}.")
+        if self.form == "fixed" and self.method != "prumerge_plus":
+            raise ValueError(
+                f"The fixed form (reduction form 'fixed') is PruMerge+'s; the {self.method!r} reducer has none."
+            )
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"Token budget must be a positive number of tokens, got {self.budget}.")
         if self.ratio is not None and not 0 < self.ratio <= 1:
@@ -114,6 +118,7 @@ class ReductionConfig:
         method = changes.get("method")
         if method is not None and method != self.method:
             values["grid"] = None
+            values["form"] = "adaptive"  # the fixed form is PruMerge+'s alone
             if method == "none":
                 values["budget"] = values["ratio"] = None
         values.update({k: v for k, v in changes.items() if v is not None})

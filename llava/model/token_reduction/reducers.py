@@ -273,11 +273,14 @@ def _merge_reference(inputs: ReducerInputs, config: ReductionConfig, is_centre, 
     merged = (weights @ feats) * valid[..., None]  # [B, C, D]
     rest = attention * (~is_centre)  # [B, N]
     extra = torch.einsum("bn,bnd->bd", rest, feats)  # [B, D]
+    # An image whose every patch is a centre has no rest: no extra token (it would be all zero, and the
+    # output would hold more tokens than the tower produced).
+    has_rest = (~is_centre).any(dim=1)  # [B]
     batch, width, dim = merged.shape
     tokens = torch.cat([merged, merged.new_zeros(batch, 1, dim)], dim=1)  # [B, C + 1, D]
-    tokens.scatter_(1, counts[:, None, None].expand(-1, 1, dim), extra[:, None])
+    tokens.scatter_(1, counts[:, None, None].expand(-1, 1, dim), (extra * has_rest[:, None])[:, None])
     indices = torch.cat([order.masked_fill(~valid, -1), order.new_full((batch, 1), -1)], dim=1)
-    return ReducedTokens(tokens.to(inputs.features.dtype), counts + 1, indices)
+    return ReducedTokens(tokens.to(inputs.features.dtype), counts + has_rest.long(), indices)
 
 
 def _merge_paper(inputs: ReducerInputs, config: ReductionConfig, order, valid, counts):
