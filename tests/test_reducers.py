@@ -324,3 +324,47 @@ def test_no_reducer_returns_more_tokens_than_it_got_or_an_all_zero_token():
         length = int(out.lengths[0])
         assert length == n, reduction  # all N patches, no extra token on top
         assert (out.tokens[0, :length].abs().amax(-1) > 0).all(), reduction  # no all-zero token
+
+
+def _inputs_16(attention_values: dict[int, float]):
+    """A 4 x 4 grid whose class attention is 0.01 + a tiny raster ramp, with some patches set high."""
+    from llava.model.token_reduction.reducers import ReducerInputs
+
+    attention = 0.01 + 1e-5 * torch.arange(16, dtype=torch.float32)
+    for patch, value in attention_values.items():
+        attention[patch] = value
+    generator = torch.Generator().manual_seed(0)
+    return ReducerInputs(features=torch.randn(1, 16, 8, generator=generator), attention=attention[None],
+                         keys=torch.randn(1, 16, 8, generator=generator), grid=(4, 4))  # fmt: skip
+
+
+def test_budgeted_prumerge_plus_selects_by_hand():
+    """Budget 9, reference: 8 centres = round(8 x 0.25) = 2 by attention (6, 9) + 6 spread over the other 14
+    patches at floor((i + 0.5) x 14 / 6) = 1, 3, 5, 8, 10, 12 of them, i.e. patches 1, 3, 5, 10, 12, 14;
+    then the extra token. Paper, budget 8: round(8 x 0.5) = 4 by attention, 4 spread over the other 12
+    at 1, 4, 7, 10 of them, output in raster order, no extra token."""
+    from llava.model.token_reduction import ReductionConfig, get_reducer
+
+    plus = get_reducer("prumerge_plus").fn
+    inputs = _inputs_16({6: 0.5, 9: 0.3, 2: 0.2, 13: 0.1})
+    out = plus(inputs, ReductionConfig("prumerge_plus", budget=9))
+    assert out.lengths.tolist() == [9] and out.indices[0].tolist() == [6, 9, 1, 3, 5, 10, 12, 14, -1]
+    out = plus(inputs, ReductionConfig("prumerge_plus", variant="paper", budget=8))
+    # by attention: 6, 9, 2, 13; the other 12 in raster order: 0 1 3 4 5 7 8 10 11 12 14 15 -> 1, 5, 10, 14
+    assert out.lengths.tolist() == [8] and out.indices[0].tolist() == [1, 2, 5, 6, 9, 10, 13, 14]
+
+
+def test_paper_variant_never_returns_nothing_and_its_lattice_rounds():
+    from llava.model.token_reduction import ReductionConfig, get_reducer
+    from llava.model.token_reduction.reducers import _lattice, outlier_count
+
+    flat = _inputs_16({})  # no IQR outlier at all
+    assert int(outlier_count(flat.attention)[0]) == 0
+    for method in ("prumerge", "aits"):
+        out = get_reducer(method).fn(flat, ReductionConfig(method, variant="paper"))
+        assert out.lengths.tolist() == [1] and out.indices[0].tolist() == [15], method  # the top patch
+    # 10 points on 24 x 24: round(sqrt(10)) = 3 rows, round(10 / 3) = 3 columns, at 4, 12, 20
+    # 7 points: 3 rows (4, 12, 20) x round(7 / 3) = 2 columns (6, 18)
+    mask = _lattice(torch.tensor([10, 7]), (24, 24))
+    assert mask[0].nonzero().flatten().tolist() == [r * 24 + c for r in (4, 12, 20) for c in (4, 12, 20)]
+    assert mask[1].nonzero().flatten().tolist() == [r * 24 + c for r in (4, 12, 20) for c in (6, 18)]

@@ -221,3 +221,16 @@ def test_the_image_check_can_be_skipped_and_a_missing_file_is_named_when_drawn(
         data_dir, tiny_tokenizer_dir, [TEXT_ONLY, missing], check_images=False, skip_bad=True
     )
     assert "image" not in skipping[1] and skipping.corrupt_images.value == 1
+
+
+def test_the_collator_keeps_each_items_own_ids_and_labels(data_dir, tiny_tokenizer_dir):
+    """Row by row, the collated ids and labels are the item's, then padding (pad id, IGNORE_INDEX)."""
+    ds, _ = dataset(data_dir, tiny_tokenizer_dir, [TEXT_ONLY, MULTI_TURN, CAPTION])
+    items = [ds[0], ds[1], ds[2]]
+    batch = DataCollatorForSupervisedDataset(pad_token_id=0)(items)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        assert batch["input_ids"][row, :n].tolist() == item["input_ids"].tolist()
+        assert batch["labels"][row, :n].tolist() == item["labels"].tolist()
+        assert batch["labels"][row, n:].eq(IGNORE_INDEX).all() and batch["input_ids"][row, n:].eq(0).all()
+        assert item["labels"].eq(IGNORE_INDEX).sum() > 0  # the prompt is not trained on
