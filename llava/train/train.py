@@ -114,6 +114,7 @@ def build_model(
     )  # fmt: skip
     tower = model.get_vision_tower()
     load_into(tower.vision_tower, tower.pretrained_state_dict())
+    tower.check_reduction()
     if model_args.pretrain_mm_mlp_adapter:
         path = Path(model_args.pretrain_mm_mlp_adapter)
         load_into(model.get_model().mm_projector, projector_state(_read_state(path), path))

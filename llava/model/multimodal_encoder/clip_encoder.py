@@ -86,7 +86,7 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower = CLIPVisionModel(config)
         self.vision_tower.requires_grad_(False)
         self._check_layers()
-        self._check_options()
+        self._check_budget()  # the reducer's own checks run once the tower is outside any init context
 
     def _check_layers(self) -> None:
         layers = self.config.num_hidden_layers
@@ -139,6 +139,7 @@ class CLIPVisionTower(nn.Module):
         """Loads the pretrained CLIP weights from ``path`` (default: the tower's own name)."""
         self.vision_tower.load_state_dict(self.pretrained_state_dict(path), strict=True)
         self.vision_tower.requires_grad_(False)
+        self.check_reduction()
 
     @property
     def config(self) -> CLIPVisionConfig:
@@ -177,26 +178,31 @@ class CLIPVisionTower(nn.Module):
         self.reduction = ReductionConfig.from_value(reduction)
         self.reducer = get_reducer(self.reduction.method)
         self._check_layers()
-        self._check_options()
+        self.check_reduction()
 
     @property
     def num_tokens(self) -> int:
         """Tokens the reducer receives per image: the patches (plus CLS with ``cls_patch``)."""
         return self.num_patches + (self.select_feature == "cls_patch")
 
-    def _check_options(self) -> None:
-        """Option errors surface when a reducer is chosen, not at the first image.
-
-        A budget above the tower's token count is refused; then the reducer runs once on a blank
-        one-image input of the real size, so its own checks (a spatial grid that does not fit, a method
-        that needs a budget) raise here with their messages.
-        """
+    def _check_budget(self) -> None:
         n, budget = self.num_tokens, self.reduction.budget
         if budget is not None and budget > n:
             raise ValueError(
                 f"A budget of {budget} visual tokens is more than the {n} tokens this vision tower produces "
                 f"per image ({self.grid[0]}x{self.grid[1]} patches): choose at most {n}."
             )
+
+    def check_reduction(self) -> None:
+        """Option errors surface when a reducer is chosen or the tower loaded, not at the first image.
+
+        A budget above the tower's token count is refused; then the reducer runs once on a blank
+        one-image input of the real size, so its own checks (a spatial grid that does not fit, a method
+        that needs a budget) raise here with their messages. (Not in ``__init__``: DeepSpeed's ZeRO-3
+        init context and transformers' meta/half-precision defaults change how tensors are created there.)
+        """
+        self._check_budget()
+        n = self.num_tokens
         # explicit device and dtype: the tower may be built under a meta-device or half-precision default
         blank = {"device": torch.device("cpu"), "dtype": torch.float32}
         keys = torch.randn(1, n, 8, generator=torch.Generator().manual_seed(0), **blank)
