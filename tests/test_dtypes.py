@@ -191,6 +191,17 @@ def test_cli_session_default_is_float32_on_cpu(tiny_prumerge_dir: Path, shapes_i
     assert session.pixels.dtype == torch.float32
 
 
+def loader_argv(checkpoint: Path, questions: Path, answers: Path) -> list[str]:
+    return [
+        "--model-path",
+        str(checkpoint),
+        "--question-file",
+        str(questions),
+        "--answers-file",
+        str(answers),
+    ]
+
+
 def test_eval_runner_in_bfloat16(
     tiny_prumerge_dir: Path, shapes_image: Path, loaded_models, tmp_path, capsys
 ):
@@ -200,14 +211,7 @@ def test_eval_runner_in_bfloat16(
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
     answers = tmp_path / "answers.jsonl"
-    argv = [
-        "--model-path",
-        str(tiny_prumerge_dir),
-        "--question-file",
-        str(questions),
-        "--answers-file",
-        str(answers),
-    ]
+    argv = loader_argv(tiny_prumerge_dir, questions, answers)
     argv += ["--image-folder", str(shapes_image.parent), "--max_new_tokens", "3", "--batch-size", "2"]
     assert model_vqa_loader.main([*argv, "--device", "cpu", "--dtype", "bfloat16"]) == 0
     lines = [json.loads(line) for line in answers.read_text().splitlines()]
@@ -227,14 +231,7 @@ def test_eval_runner_refuses_bf16_on_a_gpu_without_it_before_loading(
     questions = tmp_path / "questions.jsonl"
     questions.write_text(json.dumps({"question_id": 0, "text": "hi"}) + "\n")
     answers = tmp_path / "answers.jsonl"
-    argv = [
-        "--model-path",
-        str(tiny_prumerge_dir),
-        "--question-file",
-        str(questions),
-        "--answers-file",
-        str(answers),
-    ]
+    argv = loader_argv(tiny_prumerge_dir, questions, answers)
     assert model_vqa_loader.main([*argv, "--device", "cuda", "--dtype", "bfloat16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --dtype bfloat16 was asked for") and "--dtype float16" in err

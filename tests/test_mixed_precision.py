@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests_support import train_args as common_args
 
 from llava.train.train import main, save, setup, train
 
@@ -19,16 +20,6 @@ PRECISIONS = {
 }
 LORA = ["--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16", "--version", "v1",
         "--learning_rate", "2e-4", "--mm_projector_lr", "2e-5"]  # fmt: skip  # the published learning rates
-
-
-def common_args(root, base, clip, out, *extra):
-    return [
-        "--model_name_or_path", str(base), "--vision_tower", str(clip), "--data_path", str(root / "data.json"),
-        "--image_folder", str(root / "images"), "--mm_projector_type", "mlp2x_gelu", "--image_aspect_ratio", "pad",
-        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none",
-        "--model_max_length", "1024", "--dataloader_num_workers", "0", "--seed", "0", "--use_cpu", "True",
-        "--save_strategy", "no", *extra,
-    ]  # fmt: skip
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:

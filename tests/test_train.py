@@ -6,20 +6,11 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from tests_support import train_args as common_args
 
 from llava.train.train import main
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
-
-
-def common_args(root, base, clip, out, *extra):
-    return [
-        "--model_name_or_path", str(base), "--vision_tower", str(clip), "--data_path", str(root / "data.json"),
-        "--image_folder", str(root / "images"), "--mm_projector_type", "mlp2x_gelu", "--image_aspect_ratio", "pad",
-        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none",
-        "--model_max_length", "1024", "--dataloader_num_workers", "0", "--seed", "0", "--use_cpu", "True",
-        "--save_strategy", "no", *extra,
-    ]  # fmt: skip
 
 
 def losses(out) -> dict[int, float]:

@@ -41,3 +41,15 @@ def pad_left(seqs: list[torch.Tensor], value: int = 0) -> tuple[torch.Tensor, to
     for i, s in enumerate(seqs):
         ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
     return ids, mask
+
+
+def train_args(root, base, clip, out, *extra) -> list[str]:
+    """``llava/train/train.py`` flags for the ``train_workspace`` fixture on the CPU (no checkpoints unless
+    ``extra`` asks for them)."""
+    return [
+        "--model_name_or_path", str(base), "--vision_tower", str(clip), "--data_path", str(root / "data.json"),
+        "--image_folder", str(root / "images"), "--mm_projector_type", "mlp2x_gelu", "--image_aspect_ratio", "pad",
+        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none",
+        "--model_max_length", "1024", "--dataloader_num_workers", "0", "--seed", "0", "--use_cpu", "True",
+        "--save_strategy", "no", *extra,
+    ]  # fmt: skip
