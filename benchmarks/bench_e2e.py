@@ -75,24 +75,39 @@ from llava.tiny import llava_mm_fields, tiny_clip_config  # noqa: E402
 #: Language-model shapes of each ``--shape`` and the ``llava.analysis`` preset of the full model.
 SHAPES: dict[str, dict[str, Any]] = {
     "7b": {
-        "llm": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-                "intermediate_size": 11008, "vocab_size": 32000},
+        "llm": {
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "intermediate_size": 11008,
+            "vocab_size": 32000,
+        },
         "tower": "vit-l-14-336",
         "preset": "vicuna-7b",
     },
     "13b": {
-        "llm": {"hidden_size": 5120, "num_hidden_layers": 40, "num_attention_heads": 40,
-                "intermediate_size": 13824, "vocab_size": 32000},
+        "llm": {
+            "hidden_size": 5120,
+            "num_hidden_layers": 40,
+            "num_attention_heads": 40,
+            "intermediate_size": 13824,
+            "vocab_size": 32000,
+        },
         "tower": "vit-l-14-336",
         "preset": "vicuna-13b",
     },
     "tiny": {
-        "llm": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "intermediate_size": 128, "vocab_size": 1000},
+        "llm": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "vocab_size": 1000,
+        },
         "tower": "tiny",
         "preset": None,
     },
-}  # fmt: skip
+}
 
 #: The adaptive reducer settings; fixed-budget PruMerge rows (``prumerge_b<N>``) come from ``--budgets``.
 BASE_SETTINGS: dict[str, dict[str, Any]] = {

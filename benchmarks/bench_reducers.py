@@ -47,8 +47,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for budget in args.budgets:
             for config in methods(budget):
                 timing, out = bench.time(lambda c=config, i=inputs: reduce(i, c))
-                rows.append({"batch_size": batch, "method": config.method, "budget": budget,
-                             **timing.to_dict(), "tokens": token_stats(out.lengths)})  # fmt: skip
+                rows.append(
+                    {
+                        "batch_size": batch,
+                        "method": config.method,
+                        "budget": budget,
+                        **timing.to_dict(),
+                        "tokens": token_stats(out.lengths),
+                    }
+                )
                 bench.log(f"batch {batch} budget {budget} {config.method}: {timing.median_ms:.2f} ms")
     return {"machine": machine, "config": vars(args), "reduce_step": rows}
 
@@ -70,8 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{'batch':>5} {'method':<14} " + " ".join(f"{b:>14}" for b in args.budgets))
     for batch in args.batch_sizes:
         for name in sorted({r["method"] for r in results["reduce_step"]}):
-            cells = [next(r for r in results["reduce_step"] if (r["batch_size"], r["method"], r["budget"]) == (batch, name, b))
-                     for b in args.budgets]  # fmt: skip
+            cells = [
+                next(
+                    r
+                    for r in results["reduce_step"]
+                    if (r["batch_size"], r["method"], r["budget"]) == (batch, name, b)
+                )
+                for b in args.budgets
+            ]
             print(
                 f"{batch:>5} {name:<14} "
                 + " ".join(f"{c['ms_median']:7.2f} ms/{c['tokens']['mean']:>4.0f}" for c in cells)

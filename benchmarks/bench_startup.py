@@ -2,7 +2,7 @@
 
 Writes a synthetic dataset shaped like ``llava_v1_5_mix665k.json`` (by default 665,000 samples, 625,000
 with an image; 1-6 rounds of question and answer, about 1.2 GB of JSON like the real file) and an image
-folder whose files are hard links to one small PNG, then times, in one process:
+folder whose files are hard links to a few small PNGs, then times, in one process:
 
 1. building ``LazySupervisedDataset``: reading and validating every sample and checking that every
    image file exists (``--skip-image-check`` leaves the check out);
@@ -33,9 +33,12 @@ from typing import Any
 
 import torch
 
+LINKS_PER_PNG = 50_000
 RESULTS = Path(__file__).resolve().parent / "results"
-WORDS = ("the a man woman dog cat red blue green table street sign car bus sky tree person holding "
-         "standing sitting next to on in front of behind large small white black wooden picture").split()  # fmt: skip
+WORDS = (
+    "the a man woman dog cat red blue green table street sign car bus sky tree person holding "
+    "standing sitting next to on in front of behind large small white black wooden picture"
+).split()
 
 
 def peak_rss_mib() -> float:
@@ -65,7 +68,7 @@ def sample(rng: random.Random, index: int, with_image: bool) -> dict[str, Any]:
 
 
 def write_dataset(work: Path, samples: int, with_images: int, seed: int) -> tuple[Path, Path]:
-    """``work/data.json`` and ``work/images`` (hard links to one PNG); reused when already complete."""
+    """``work/data.json`` and ``work/images`` (hard links to a few PNGs); reused when already complete."""
     from PIL import Image
 
     data, images, done = work / "data.json", work / "images", work / f"done-{samples}-{with_images}-{seed}"
@@ -73,10 +76,14 @@ def write_dataset(work: Path, samples: int, with_images: int, seed: int) -> tupl
         return data, images
     rng = random.Random(seed)
     image_rows = set(rng.sample(range(samples), with_images))
-    png = work / "one.png"
-    Image.new("RGB", (64, 48), (120, 30, 200)).save(png)
+    # file systems cap the hard links to one file (ext4: 65,000), so each PNG serves LINKS_PER_PNG images
+    pngs = []
+    for k in range(with_images // LINKS_PER_PNG + 1):
+        pngs.append(work / f"one-{k}.png")
+        Image.new("RGB", (64, 48), (120, 30, 200)).save(pngs[-1])
     with data.open("w", encoding="utf-8") as handle:
         handle.write("[")
+        linked = 0
         for i in range(samples):
             record = sample(rng, i, i in image_rows)
             handle.write(("," if i else "") + json.dumps(record))
@@ -84,7 +91,8 @@ def write_dataset(work: Path, samples: int, with_images: int, seed: int) -> tupl
                 target = images / record["image"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.exists():
-                    os.link(png, target)
+                    os.link(pngs[linked // LINKS_PER_PNG], target)
+                linked += 1
         handle.write("]")
     done.write_text("ok")
     return data, images
@@ -137,8 +145,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     processor = load_image_processor(str(work / "processor"))
     steps: list[dict[str, Any]] = []
     rss_before = round(peak_rss_mib())
-    dataset = timed("dataset build (read, validate, image check)", steps, lambda: LazySupervisedDataset(
-        str(data), tokenizer, processor, "v1", str(images), "pad", check_images=not args.skip_image_check))  # fmt: skip
+    dataset = timed(
+        "dataset build (read, validate, image check)",
+        steps,
+        lambda: LazySupervisedDataset(
+            str(data), tokenizer, processor, "v1", str(images), "pad", check_images=not args.skip_image_check
+        ),
+    )
     lengths = timed("modality lengths", steps, lambda: dataset.modality_lengths)
     sampler = ModalityLengthGroupedSampler(lengths, args.batch, args.world, seed=args.seed)
     order = timed("sampler: one epoch's order", steps, lambda: list(iter(sampler)))
@@ -150,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-        },  # fmt: skip
+        },
         "config": {
             "samples": args.samples,
             "with_images": with_images,
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "world": args.world,
             "image_check": not args.skip_image_check,
             "json_gib": round(data.stat().st_size / 2**30, 3),
-        },  # fmt: skip
+        },
         "peak_rss_mib_before": rss_before,
         "steps": steps,
         "total_seconds": round(sum(step["seconds"] for step in steps), 2),
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "samples": len(dataset),
             "order_is_a_permutation": sorted(order) == list(range(len(dataset))),
             "first_batch_images": int(batch["images"].shape[0]) if "images" in batch else 0,
-        },  # fmt: skip
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

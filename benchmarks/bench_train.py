@@ -71,18 +71,28 @@ METHODS: list[dict[str, Any]] = [
 #: Language model and tower shapes of each ``--shape``.
 SHAPES: dict[str, dict[str, Any]] = {
     "7b": {
-        "llm": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-                "intermediate_size": 11008, "vocab_size": 32000},
+        "llm": {
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "intermediate_size": 11008,
+            "vocab_size": 32000,
+        },
         "tower": {"hidden_size": 1024, "num_layers": 24, "num_heads": 16, "intermediate_size": 4096},
         "lora": {"r": 128, "alpha": 256},
     },
     "small": {
-        "llm": {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
-                "intermediate_size": 1376, "vocab_size": 32000},
+        "llm": {
+            "hidden_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "intermediate_size": 1376,
+            "vocab_size": 32000,
+        },
         "tower": {"hidden_size": 256, "num_layers": 24, "num_heads": 4, "intermediate_size": 1024},
         "lora": {"r": 16, "alpha": 32},
     },
-}  # fmt: skip
+}
 
 #: Token counts of the vicuna_v1 prompt pieces (the Llama tokenizer's lengths, approximately).
 PROMPT_LAYOUT: dict[str, int] = {

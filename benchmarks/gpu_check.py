@@ -59,11 +59,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def machine() -> dict[str, Any]:
     import transformers
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}  # fmt: skip
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), cuda_version=torch.version.cuda,
-                    bf16_supported=torch.cuda.is_bf16_supported())  # fmt: skip
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            cuda_version=torch.version.cuda,
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     return info
 
 
@@ -103,8 +111,12 @@ def prompts(tokenizer, device) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
 def first_logits(model, ids, mask, pixels) -> torch.Tensor:
     """``[B, V]`` float32 logits of the first answer token (the spliced prompt's last position)."""
     spliced = model.prepare_multimodal_inputs(ids, mask, pixels, padding_side="left")
-    out = model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                visual_mask=spliced.visual_mask, use_cache=False)  # fmt: skip
+    out = model(
+        inputs_embeds=spliced.inputs_embeds,
+        attention_mask=spliced.attention_mask,
+        visual_mask=spliced.visual_mask,
+        use_cache=False,
+    )
     return out.logits[:, -1].float()
 
 
@@ -121,9 +133,13 @@ def check_reducer(model, ids, mask, singles, pixels) -> dict[str, Any]:
         [first_logits(model, s[None], None, pixels[i : i + 1]) for i, s in enumerate(singles)]
     )
     scale = float(single_logits.abs().max())
-    return {"batched_equals_single": batched == alone, "samples_equal": sum(a == b for a, b in zip(batched, alone)),
-            "first_token_max_abs_logit_diff": float((batch_logits - single_logits).abs().max()),
-            "first_token_max_abs_logit": scale, "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    return {
+        "batched_equals_single": batched == alone,
+        "samples_equal": sum(a == b for a, b in zip(batched, alone)),
+        "first_token_max_abs_logit_diff": float((batch_logits - single_logits).abs().max()),
+        "first_token_max_abs_logit": scale,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def inference(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -132,8 +148,9 @@ def inference(ctx: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for dtype_name in ctx["dtypes"]:
-        tokenizer, model, _, _ = load_pretrained_model(str(ctx["tiny"]), device=ctx["device"],
-                                                       dtype=getattr(torch, dtype_name))  # fmt: skip
+        tokenizer, model, _, _ = load_pretrained_model(
+            str(ctx["tiny"]), device=ctx["device"], dtype=getattr(torch, dtype_name)
+        )
         ids, mask, singles = prompts(tokenizer, ctx["device"])
         generator = torch.Generator().manual_seed(0)
         pixels = torch.randn(len(QUESTIONS), 3, 336, 336, generator=generator).to(ctx["device"], model.dtype)
@@ -160,16 +177,25 @@ def fastv_sdpa(ctx: dict[str, Any]) -> dict[str, Any]:
     spliced = model.prepare_multimodal_inputs(ids, mask, pixels.to(ctx["device"], dtype), padding_side="left")
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with mock.patch("torch.nn.functional.scaled_dot_product_attention", wraps=sdpa) as calls, torch.no_grad():
-        out = model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                    visual_mask=spliced.visual_mask, use_cache=True)  # fmt: skip
+        out = model(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            visual_mask=spliced.visual_mask,
+            use_cache=True,
+        )
     cache = find_cache(out)
     lengths = [int(layer.keys.shape[-2]) for layer in cache.layers]
     layers = model.config.num_hidden_layers
-    return {"attn_implementation": model.config._attn_implementation, "sdpa_calls": calls.call_count,
-            "decoder_layers": layers, "sdpa_in_every_layer": calls.call_count == layers,
-            "cached_tokens_per_layer": lengths, "prompt_tokens": int(spliced.inputs_embeds.shape[1]),
-            "later_layers_cache_fewer": all(n < lengths[0] for n in lengths[FASTV["llm_layer"] + 1 :])
-            and len(lengths) > FASTV["llm_layer"] + 1}  # fmt: skip
+    return {
+        "attn_implementation": model.config._attn_implementation,
+        "sdpa_calls": calls.call_count,
+        "decoder_layers": layers,
+        "sdpa_in_every_layer": calls.call_count == layers,
+        "cached_tokens_per_layer": lengths,
+        "prompt_tokens": int(spliced.inputs_embeds.shape[1]),
+        "later_layers_cache_fewer": all(n < lengths[0] for n in lengths[FASTV["llm_layer"] + 1 :])
+        and len(lengths) > FASTV["llm_layer"] + 1,
+    }
 
 
 def free_port() -> int:
@@ -191,15 +217,59 @@ def lora_zero2(ctx: dict[str, Any]) -> dict[str, Any]:
     out = root / "lora"
     steps = 4
     command = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(free_port()),
-        str(REPO_ROOT / "llava" / "train" / "train_mem.py"), "--deepspeed", str(REPO_ROOT / "scripts" / "zero2.json"),
-        "--model_name_or_path", str(base), "--vision_tower", str(clip), "--data_path", str(root / "data.json"),
-        "--image_folder", str(root / "images"), "--image_aspect_ratio", "pad", "--mm_projector_type", "mlp2x_gelu",
-        "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16", "--token_reduction", "prumerge_plus",
-        "--learning_rate", "2e-4", "--mm_projector_lr", "2e-5", "--bf16", str(ctx["device"] == "cuda"),
-        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--max_steps", str(steps),
-        "--save_strategy", "steps", "--save_steps", str(steps), "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "1",
+        "--master_port",
+        str(free_port()),
+        str(REPO_ROOT / "llava" / "train" / "train_mem.py"),
+        "--deepspeed",
+        str(REPO_ROOT / "scripts" / "zero2.json"),
+        "--model_name_or_path",
+        str(base),
+        "--vision_tower",
+        str(clip),
+        "--data_path",
+        str(root / "data.json"),
+        "--image_folder",
+        str(root / "images"),
+        "--image_aspect_ratio",
+        "pad",
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--lora_enable",
+        "True",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--token_reduction",
+        "prumerge_plus",
+        "--learning_rate",
+        "2e-4",
+        "--mm_projector_lr",
+        "2e-5",
+        "--bf16",
+        str(ctx["device"] == "cuda"),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        str(steps),
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(steps),
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if ctx["device"] != "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -211,9 +281,15 @@ def lora_zero2(ctx: dict[str, Any]) -> dict[str, Any]:
     state_file = out / f"checkpoint-{steps}" / "trainer_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     losses = [row["loss"] for row in state.get("log_history", []) if "loss" in row]
-    return {"returncode": 0, "seconds": seconds, "steps": state.get("global_step"), "losses": losses,
-            "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses), "bf16": ctx["device"] == "cuda",
-            "adapter_saved": (out / "adapter_model.safetensors").is_file()}  # fmt: skip
+    return {
+        "returncode": 0,
+        "seconds": seconds,
+        "steps": state.get("global_step"),
+        "losses": losses,
+        "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses),
+        "bf16": ctx["device"] == "cuda",
+        "adapter_saved": (out / "adapter_model.safetensors").is_file(),
+    }
 
 
 def bench_e2e(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -222,8 +298,27 @@ def bench_e2e(ctx: dict[str, Any]) -> dict[str, Any]:
         args = ["--device", "cuda", "--shape", "7b", "--batch-sizes", "1", "8", "--repeats", "5"]
     else:
         out = ctx["bench_out"]
-        args = ["--device", "cpu", "--shape", "tiny", "--batch-sizes", "1", "2", "--repeats", "1", "--warmup", "0",
-                "--overhead-batch", "2", "--reduce-repeats", "1", "--new-tokens", "4", "--out", str(out)]  # fmt: skip
+        args = [
+            "--device",
+            "cpu",
+            "--shape",
+            "tiny",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--overhead-batch",
+            "2",
+            "--reduce-repeats",
+            "1",
+            "--new-tokens",
+            "4",
+            "--out",
+            str(out),
+        ]
     start = time.perf_counter()
     result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900)
     written = [
@@ -231,9 +326,14 @@ def bench_e2e(ctx: dict[str, Any]) -> dict[str, Any]:
         for line in result.stdout.splitlines()
         if line.startswith("Wrote ")
     ]
-    return {"returncode": result.returncode, "seconds": round(time.perf_counter() - start, 1), "args": args,
-            "json": written[-1] if written else None, "stdout_tail": result.stdout[-3000:],
-            "stderr_tail": result.stderr[-3000:] if result.returncode else ""}  # fmt: skip
+    return {
+        "returncode": result.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "args": args,
+        "json": written[-1] if written else None,
+        "stdout_tail": result.stdout[-3000:],
+        "stderr_tail": result.stderr[-3000:] if result.returncode else "",
+    }
 
 
 def run_section(
@@ -262,8 +362,11 @@ def verdict(results: dict[str, Any]) -> list[str]:
     problems = [f"{name}: {r['error']}" for name, r in results["sections"].items() if not r.get("ok")]
     for dtype_name, rows in results["sections"].get("inference", {}).items():
         if isinstance(rows, dict) and dtype_name == "float32":
-            problems += [f"inference float32 {k}: batched != single" for k, v in rows.items()
-                         if not v["batched_equals_single"]]  # fmt: skip
+            problems += [
+                f"inference float32 {k}: batched != single"
+                for k, v in rows.items()
+                if not v["batched_equals_single"]
+            ]
     fastv = results["sections"].get("fastv_sdpa", {})
     if fastv.get("ok") and not (fastv["sdpa_in_every_layer"] and fastv["later_layers_cache_fewer"]):
         problems.append("fastv_sdpa: not SDPA in every layer, or later layers cache every token")
@@ -289,15 +392,25 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         build_tiny_llava(work / "tiny", reduction="none")
-        ctx = {"device": device, "work": work, "tiny": work / "tiny", "bench_out": out.with_name(out.stem + "_bench_e2e.json"),
-               "dtypes": ["float32", "bfloat16"] if args.smoke else ["float16", "bfloat16"]}  # fmt: skip
+        ctx = {
+            "device": device,
+            "work": work,
+            "tiny": work / "tiny",
+            "bench_out": out.with_name(out.stem + "_bench_e2e.json"),
+            "dtypes": ["float32", "bfloat16"] if args.smoke else ["float16", "bfloat16"],
+        }
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         begin = time.perf_counter()
         sections = {
             name: run_section(name, globals()[name], ctx) for name in SECTIONS if name not in args.skip
         }
-    results = {"machine": machine(), "smoke": args.smoke, "started": started, "sections": sections,
-               "total_seconds": round(time.perf_counter() - begin, 1)}  # fmt: skip
+    results = {
+        "machine": machine(),
+        "smoke": args.smoke,
+        "started": started,
+        "sections": sections,
+        "total_seconds": round(time.perf_counter() - begin, 1),
+    }
     results["problems"] = verdict(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -35,16 +35,37 @@ from llava.eval.report import COLUMNS, fmt
 TAGS = ("llava", "prumerge", "token-reduction")
 SKIPPED = (".*", "checkpoint-*", "runs", "wandb", "__pycache__", "*.pyc", "README.md")
 TRAINING_ARG_FIELDS = (
-    "learning_rate", "mm_projector_lr", "num_train_epochs", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "lr_scheduler_type", "model_max_length",
-    "bf16", "fp16", "lora_enable", "lora_r", "lora_alpha", "lora_dropout", "group_by_modality_length",
-    "deepspeed", "seed",
-)  # fmt: skip
+    "learning_rate",
+    "mm_projector_lr",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_ratio",
+    "lr_scheduler_type",
+    "model_max_length",
+    "bf16",
+    "fp16",
+    "lora_enable",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "group_by_modality_length",
+    "deepspeed",
+    "seed",
+)
 CONFIG_FIELDS = (
-    "mm_projector_lr", "tokenizer_model_max_length", "tune_mm_mlp_adapter", "mm_projector_type",
-    "mm_vision_select_layer", "mm_vision_select_feature", "image_aspect_ratio", "mm_patch_merge_type",
-    "torch_dtype", "dtype",
-)  # fmt: skip
+    "mm_projector_lr",
+    "tokenizer_model_max_length",
+    "tune_mm_mlp_adapter",
+    "mm_projector_type",
+    "mm_vision_select_layer",
+    "mm_vision_select_feature",
+    "image_aspect_ratio",
+    "mm_patch_merge_type",
+    "torch_dtype",
+    "dtype",
+)
 DEFAULT_DATA = (
     "Not recorded in the checkpoint. The LLaVA-1.5 recipe of this codebase (`scripts/v1_5/finetune*.sh`) "
     "trains on the visual instruction mixture `llava_v1_5_mix665k.json` (COCO, GQA, OCR-VQA, TextVQA, "
@@ -83,8 +104,9 @@ def inspect_checkpoint(folder: Path) -> tuple[str, dict[str, Any]]:
     except ValueError as err:
         raise ReleaseError(str(err)) from err
     config = read_json_file(folder / "config.json", "the checkpoint's config")
-    if not isinstance(config, dict) or not (config.get("mm_vision_tower") or config.get("model_type") in (
-            "llava", "llava_llama")):  # fmt: skip
+    if not isinstance(config, dict) or not (
+        config.get("mm_vision_tower") or config.get("model_type") in ("llava", "llava_llama")
+    ):
         raise ReleaseError(f"{folder}/config.json is not a LLaVA config (no mm_vision_tower)")
     return kind, config
 
@@ -224,10 +246,12 @@ def results_section(table: dict[str, dict], source: str) -> str:
     return (
         f"## Results\n\nFrom `{source}` (`python -m llava.eval.report --json`). VQAv2 and MMB are scored by "
         "their evaluation servers (`server`: answers written, score not given; `-`: not run).\n\n"
-        f"{head[:-1]}| Avg. visual tokens |\n{rule}---|\n" + "\n".join(scores)
+        f"{head[:-1]}| Avg. visual tokens |\n{rule}---|\n"
+        + "\n".join(scores)
         + f"\n\nAverage visual tokens per image, per benchmark (576 without reduction):\n\n{head}\n{rule}\n"
-        + "\n".join(tokens) + "\n"
-    )  # fmt: skip
+        + "\n".join(tokens)
+        + "\n"
+    )
 
 
 def hparams_section(rows: list[tuple[str, Any, str]]) -> str:
@@ -254,9 +278,16 @@ def usage_section(repo_id: str, kind: str, base: str | None) -> str:
 
 
 def build_card(
-    repo_id: str, kind: str, config: dict[str, Any], folder: Path, base: str | None,
-    results: dict[str, dict], results_path: Path, data: str | None, license_id: str | None,
-) -> str:  # fmt: skip
+    repo_id: str,
+    kind: str,
+    config: dict[str, Any],
+    folder: Path,
+    base: str | None,
+    results: dict[str, dict],
+    results_path: Path,
+    data: str | None,
+    license_id: str | None,
+) -> str:
     """The whole model card (YAML front matter + markdown)."""
     method = (config.get("mm_token_reduction") or {}).get("method", "none")
     kinds = {"full": "a full (merged) checkpoint", "lora": "a LoRA adapter", "projector": "a projector only"}
@@ -378,8 +409,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     import importlib
 
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):  # fmt: skip
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
@@ -408,9 +443,12 @@ def upload(folder: Path, files: list[Path], repo_id: str, private: bool, token: 
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(
-            repo_id=repo_id, folder_path=folder, repo_type="model", commit_message="Release with llava.hub",
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            commit_message="Release with llava.hub",
             allow_patterns=[rel.as_posix() for rel in files],
-        )  # fmt: skip
+        )
     except Exception as err:  # noqa: BLE001 - every Hub failure becomes one actionable line
         raise ReleaseError(upload_message(err)) from err
     return str(url)
@@ -470,9 +508,16 @@ def release(args: argparse.Namespace) -> Path:
     results_path = Path(args.results)
     results = read_results(results_path, args.results_row)
     card = build_card(
-        args.repo_id, kind, config, folder, base, results, results_path, args.data,
+        args.repo_id,
+        kind,
+        config,
+        folder,
+        base,
+        results,
+        results_path,
+        args.data,
         args.license or guess_license(base),
-    )  # fmt: skip
+    )
     if args.in_place:
         target = folder
         (folder / "README.md").write_text(card)

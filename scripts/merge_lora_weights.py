@@ -25,9 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-reduction", default=None)
     args = parser.parse_args(argv)
     tokenizer, model, _, _ = load_pretrained_model(
-        args.model_path, args.model_base, device="cpu", dtype=getattr(torch, args.dtype),
+        args.model_path,
+        args.model_base,
+        device="cpu",
+        dtype=getattr(torch, args.dtype),
         token_reduction=args.token_reduction,
-    )  # fmt: skip
+    )
     model.save_pretrained(args.save_model_path)
     tokenizer.save_pretrained(args.save_model_path)
     print(f"Merged model saved to {args.save_model_path}")

@@ -33,11 +33,29 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
     try:
         results = bench_e2e.main(
             [
-                "--shape", "tiny", "--device", "cpu", "--batch-sizes", "1", "2", "--repeats", "2",
-                "--warmup", "0", "--overhead-batch", "2", "--reduce-repeats", "2",
-                "--new-tokens", str(NEW_TOKENS), "--text-tokens", str(TEXT_TOKENS), "--out", str(out),
+                "--shape",
+                "tiny",
+                "--device",
+                "cpu",
+                "--batch-sizes",
+                "1",
+                "2",
+                "--repeats",
+                "2",
+                "--warmup",
+                "0",
+                "--overhead-batch",
+                "2",
+                "--reduce-repeats",
+                "2",
+                "--new-tokens",
+                str(NEW_TOKENS),
+                "--text-tokens",
+                str(TEXT_TOKENS),
+                "--out",
+                str(out),
             ]
-        )  # fmt: skip
+        )
     finally:
         torch.set_num_threads(threads)
     return results, out

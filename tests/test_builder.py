@@ -34,8 +34,17 @@ def logits_of(tokenizer, model, seed=0):
 def base_llm(tiny_llava_dir, tmp_path_factory):
     """A plain Llama checkpoint (the 'vicuna' of the tiny model), with its tokenizer."""
     config = load_llava_config(tiny_llava_dir)
-    fields = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "pad_token_id", "bos_token_id", "eos_token_id"]  # fmt: skip
+    fields = [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+    ]
     torch.manual_seed(5)
     llm = LlamaForCausalLM(LlamaConfig(**{f: getattr(config, f) for f in fields}))
     out = tmp_path_factory.mktemp("base_llm")
@@ -66,8 +75,13 @@ def test_lora_checkpoint_with_base(base_llm, tiny_llava_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model, config = llava_on_base(base_llm, tiny_llava_dir)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
-                      init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj",
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, lora).eval()
     tokenizer = load_pretrained_model(str(tiny_llava_dir), device="cpu")[0]
     expected = logits_of(tokenizer, peft_model)
@@ -109,8 +123,14 @@ def leaf_target_lora(base_llm, tiny_llava_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model, config = llava_on_base(base_llm, tiny_llava_dir)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=LEAF_TARGETS, exclude_modules=r".*(vision_tower|mm_projector).*",
-                      init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=LEAF_TARGETS,
+        exclude_modules=r".*(vision_tower|mm_projector).*",
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, lora).eval()
     tokenizer = load_pretrained_model(str(tiny_llava_dir), device="cpu")[0]
     expected = logits_of(tokenizer, peft_model)
@@ -243,8 +263,13 @@ def test_merge_and_extract_scripts(base_llm, tiny_llava_dir, tmp_path):
         return module
 
     model, config = llava_on_base(base_llm, tiny_llava_dir)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], exclude_modules=r".*vision_tower.*",
-                      init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=4,
+        target_modules=["q_proj", "v_proj"],
+        exclude_modules=r".*vision_tower.*",
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, lora).eval()
     lora_dir, merged_dir = tmp_path / "lora", tmp_path / "merged"
     peft_model.save_pretrained(lora_dir)
@@ -257,8 +282,9 @@ def test_merge_and_extract_scripts(base_llm, tiny_llava_dir, tmp_path):
     tokenizer = load_pretrained_model(str(tiny_llava_dir), device="cpu")[0]
     expected = logits_of(tokenizer, peft_model)
 
-    script("merge_lora_weights").main(["--model-path", str(lora_dir), "--model-base", str(base_llm),
-                                       "--save-model-path", str(merged_dir)])  # fmt: skip
+    script("merge_lora_weights").main(
+        ["--model-path", str(lora_dir), "--model-base", str(base_llm), "--save-model-path", str(merged_dir)]
+    )
     assert checkpoint_kind(merged_dir) == "full"
     tokenizer, merged, _, _ = load_pretrained_model(str(merged_dir), device="cpu")
     torch.testing.assert_close(logits_of(tokenizer, merged), expected, rtol=1e-4, atol=1e-4)
@@ -269,8 +295,11 @@ def test_merge_and_extract_scripts(base_llm, tiny_llava_dir, tmp_path):
         ["--model-path", str(merged_dir), "--output", str(projector_dir / "mm_projector.bin")]
     )
     assert sorted(torch.load(projector_dir / "mm_projector.bin")) == [
-        "model.mm_projector.0.bias", "model.mm_projector.0.weight", "model.mm_projector.2.bias", "model.mm_projector.2.weight"
-    ]  # fmt: skip
+        "model.mm_projector.0.bias",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.2.bias",
+        "model.mm_projector.2.weight",
+    ]
     config.save_pretrained(projector_dir)
     _, projected, _, _ = load_pretrained_model(str(projector_dir), str(base_llm), device="cpu")
     torch.testing.assert_close(

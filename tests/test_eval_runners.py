@@ -184,9 +184,11 @@ def test_resume_with_other_settings_is_refused_and_names_the_difference(ckpt, tm
     assert settings["reduction"]["method"] == "prumerge" and settings["reduction"]["budget"] == 8
     before = read_lines(answers)
     answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:2]))  # one left to answer
-    for extra, named in [(["--reduction-budget", "300"], "reduction_budget: 8 -> 300"),
-                         (["--reduction-budget", "8", "--token-reduction", "none"], "token_reduction: None -> 'none'"),
-                         (["--reduction-budget", "8", "--max_new_tokens", "9"], "max_new_tokens: 6 -> 9")]:  # fmt: skip
+    for extra, named in [
+        (["--reduction-budget", "300"], "reduction_budget: 8 -> 300"),
+        (["--reduction-budget", "8", "--token-reduction", "none"], "token_reduction: None -> 'none'"),
+        (["--reduction-budget", "8", "--max_new_tokens", "9"], "max_new_tokens: 6 -> 9"),
+    ]:
         capsys.readouterr()
         assert run_loader(ckpt, questions, answers, *extra) == 2
         err = capsys.readouterr().err

@@ -268,12 +268,24 @@ def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
     Image.fromarray(np.full((40, 60, 3), 128, dtype=np.uint8)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
     rows = [
-        {"index": i, "question": f"Which colour is shape {i}?", "hint": "A hint." if i % 2 else float("nan"),
-         "A": "red", "B": "blue", "C": "green" if i < 3 else float("nan"), "D": "grey" if i < 2 else float("nan"),
-         "answer": "A", "category": "attribute", "source": "x", "l2-category": "y", "comment": "", "split": "dev",
-         "image": image}
+        {
+            "index": i,
+            "question": f"Which colour is shape {i}?",
+            "hint": "A hint." if i % 2 else float("nan"),
+            "A": "red",
+            "B": "blue",
+            "C": "green" if i < 3 else float("nan"),
+            "D": "grey" if i < 2 else float("nan"),
+            "answer": "A",
+            "category": "attribute",
+            "source": "x",
+            "l2-category": "y",
+            "comment": "",
+            "split": "dev",
+            "image": image,
+        }
         for i in range(N)
-    ]  # fmt: skip
+    ]
     pd.DataFrame(rows).to_csv(mmbench / "mmbench_dev_20230712.tsv", sep="\t", index=False)
 
     result = run_script("mmbench.sh", ckpt, tmp_path / "eval", DTYPE="bfloat16")
@@ -294,8 +306,15 @@ def test_run_names_differ_when_settings_differ():
 
     def name(path: str, **env: str) -> str:
         script = f'source "{SCRIPTS / "_common.sh"}"; eval_setup {path}; echo "$NAME"'
-        unset = ("DTYPE", "TOKEN_REDUCTION", "REDUCTION_VARIANT", "MODEL_BASE", "MAX_QUESTIONS", "EXTRA_ARGS",
-                 "RUN_NAME")  # fmt: skip
+        unset = (
+            "DTYPE",
+            "TOKEN_REDUCTION",
+            "REDUCTION_VARIANT",
+            "MODEL_BASE",
+            "MAX_QUESTIONS",
+            "EXTRA_ARGS",
+            "RUN_NAME",
+        )
         base = {k: v for k, v in os.environ.items() if k not in unset}
         result = subprocess.run(["bash", "-c", script], env={**base, **env}, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr

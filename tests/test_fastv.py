@@ -29,8 +29,13 @@ def recompute_greedy(model, ids, mask, pixels, steps):
         query = embeds.shape[1] - 1  # the last prompt token
         tokens = []
         for _ in range(steps):
-            logits = model(inputs_embeds=embeds, attention_mask=valid, visual_mask=visual, query_index=query,
-                           use_cache=False).logits  # fmt: skip
+            logits = model(
+                inputs_embeds=embeds,
+                attention_mask=valid,
+                visual_mask=visual,
+                query_index=query,
+                use_cache=False,
+            ).logits
             nxt = logits[:, -1].argmax(-1)  # [B]
             tokens.append(nxt)
             embeds = torch.cat([embeds, model.get_input_embeddings()(nxt)[:, None]], dim=1)
@@ -46,12 +51,25 @@ def test_cached_generation_equals_recomputation(fastv_model, questions):
     tokenizer, model = fastv_model
     ids, mask = pad_left([prompt_ids(tokenizer, q) for q in questions])
     pixels = torch.randn(len(questions), 3, 336, 336, generator=torch.Generator().manual_seed(4))
-    cached = model.generate(ids, attention_mask=mask, images=pixels, max_new_tokens=6, do_sample=False,
-                            eos_token_id=None, pad_token_id=0)  # fmt: skip
+    cached = model.generate(
+        ids,
+        attention_mask=mask,
+        images=pixels,
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     assert cached.tolist() == recompute_greedy(model, ids, mask, pixels, 6).tolist()
     for i in range(len(questions)):  # each sample as in a batch of one
-        alone = model.generate(ids[i : i + 1, mask[i].bool()], images=pixels[i : i + 1], max_new_tokens=6,
-                               do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+        alone = model.generate(
+            ids[i : i + 1, mask[i].bool()],
+            images=pixels[i : i + 1],
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
         assert alone[0].tolist() == cached[i].tolist()
 
 
@@ -62,8 +80,12 @@ def test_later_layers_cache_only_the_kept_tokens_and_sdpa_runs_everywhere(fastv_
     spliced = model.prepare_multimodal_inputs(ids, None, pixels, padding_side="left")
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with mock.patch("torch.nn.functional.scaled_dot_product_attention", wraps=sdpa) as calls, torch.no_grad():
-        out = model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                    visual_mask=spliced.visual_mask, use_cache=True)  # fmt: skip
+        out = model(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            visual_mask=spliced.visual_mask,
+            use_cache=True,
+        )
     assert model.config._attn_implementation == "sdpa"
     assert calls.call_count == model.config.num_hidden_layers  # every layer ran SDPA, none eager
     cache = find_cache(out)
@@ -127,8 +149,10 @@ def test_batched_fastv_matches_single_under_each_attention_kernel(fastv_model, i
     model.set_attn_implementation(implementation)
     try:
         batched = model.generate(ids, attention_mask=mask, images=pixels, **kwargs)
-        alone = [model.generate(ids[i : i + 1, mask[i].bool()], images=pixels[i : i + 1], **kwargs)[0]
-                 for i in range(3)]  # fmt: skip
+        alone = [
+            model.generate(ids[i : i + 1, mask[i].bool()], images=pixels[i : i + 1], **kwargs)[0]
+            for i in range(3)
+        ]
     finally:
         model.set_attn_implementation("sdpa")
     assert batched.tolist() == [a.tolist() for a in alone]

@@ -14,9 +14,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[dict, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("gpu_check") / "smoke.json"
-    result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(out)],
-                            env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                            timeout=900)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(out)],
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.is_file(), result.stderr[-3000:]
     return json.loads(out.read_text()), result
 

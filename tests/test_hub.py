@@ -64,8 +64,17 @@ def _connect_error() -> Exception:
 def test_dry_run_writes_card_and_lists_files(prumerge_ckpt, report_json, tmp_path, monkeypatch, capsys):
     _no_network(monkeypatch)
     staging = tmp_path / "stage"
-    argv = ["--model-path", str(prumerge_ckpt), "--results", str(report_json), "--repo-id", "me/tiny-prumerge",
-            "--dry-run", "--staging-dir", str(staging)]  # fmt: skip
+    argv = [
+        "--model-path",
+        str(prumerge_ckpt),
+        "--results",
+        str(report_json),
+        "--repo-id",
+        "me/tiny-prumerge",
+        "--dry-run",
+        "--staging-dir",
+        str(staging),
+    ]
     assert hub.main(argv) == 0
     card = (staging / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
@@ -89,8 +98,15 @@ def test_upload_offline_is_one_line_exit_2(prumerge_ckpt, report_json, monkeypat
         raise _connect_error()
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
-    argv = ["--model-path", str(prumerge_ckpt), "--results", str(report_json), "--repo-id", "me/tiny",
-            "--skip-load-check"]  # fmt: skip
+    argv = [
+        "--model-path",
+        str(prumerge_ckpt),
+        "--results",
+        str(report_json),
+        "--repo-id",
+        "me/tiny",
+        "--skip-load-check",
+    ]
     assert hub.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot reach the Hugging Face Hub (")
@@ -105,9 +121,19 @@ def test_upload_calls_create_repo_and_upload_folder(prumerge_ckpt, report_json, 
         "create_repo",
         lambda self, repo_id, **kw: calls.update(create=(repo_id, kw)) or f"https://hf.co/{repo_id}",
     )
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.update(upload=kw))  # fmt: skip
-    argv = ["--model-path", str(prumerge_ckpt), "--results", str(report_json), "--repo-id", "me/tiny",
-            "--private", "--token", "hf_x", "--skip-load-check"]  # fmt: skip
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.update(upload=kw))
+    argv = [
+        "--model-path",
+        str(prumerge_ckpt),
+        "--results",
+        str(report_json),
+        "--repo-id",
+        "me/tiny",
+        "--private",
+        "--token",
+        "hf_x",
+        "--skip-load-check",
+    ]
     assert hub.main(argv) == 0
     assert calls["create"] == ("me/tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert "README.md" in calls["upload"]["allow_patterns"]
@@ -136,13 +162,27 @@ def test_bad_results_and_repo_id(prumerge_ckpt, tmp_path, monkeypatch, capsys):
 
 def test_lora_card_uses_base(tmp_path, report_json, monkeypatch, capsys):
     _no_network(monkeypatch)
-    config = {"mm_vision_tower": "openai/clip-vit-large-patch14-336", "model_type": "llava_llama",
-              "_name_or_path": "lmsys/vicuna-7b-v1.5", "mm_projector_lr": 2e-5,
-              "mm_token_reduction": {"method": "prumerge_plus", "variant": "reference"}}  # fmt: skip
+    config = {
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        "model_type": "llava_llama",
+        "_name_or_path": "lmsys/vicuna-7b-v1.5",
+        "mm_projector_lr": 2e-5,
+        "mm_token_reduction": {"method": "prumerge_plus", "variant": "reference"},
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 128, "lora_alpha": 256}))
-    argv = ["--model-path", str(tmp_path), "--results", str(report_json), "--repo-id", "me/lora", "--dry-run",
-            "--skip-load-check", "--staging-dir", str(tmp_path / "stage")]  # fmt: skip
+    argv = [
+        "--model-path",
+        str(tmp_path),
+        "--results",
+        str(report_json),
+        "--repo-id",
+        "me/lora",
+        "--dry-run",
+        "--skip-load-check",
+        "--staging-dir",
+        str(tmp_path / "stage"),
+    ]
     assert hub.main(argv) == 0
     card = (tmp_path / "stage" / "README.md").read_text()
     assert "base_model: lmsys/vicuna-7b-v1.5" in card and "license: llama2" in card

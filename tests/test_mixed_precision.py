@@ -18,8 +18,20 @@ PRECISIONS = {
     "fp16": (["--fp16", "True"], torch.float16),
     "bf16": (["--bf16", "True"], torch.bfloat16),
 }
-LORA = ["--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16", "--version", "v1",
-        "--learning_rate", "2e-4", "--mm_projector_lr", "2e-5"]  # fmt: skip  # the published learning rates
+LORA = [
+    "--lora_enable",
+    "True",
+    "--lora_r",
+    "8",
+    "--lora_alpha",
+    "16",
+    "--version",
+    "v1",
+    "--learning_rate",
+    "2e-4",
+    "--mm_projector_lr",
+    "2e-5",
+]  # the published learning rates
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -81,8 +93,21 @@ def test_the_lora_config_records_the_dtype_written(lora_run):
 def test_full_and_projector_checkpoints_record_the_dtype_written(train_workspace, tmp_path, kind):
     root, base, clip = train_workspace
     extra = ["--tune_mm_mlp_adapter", "True", "--version", "plain"] if kind == "projector" else []
-    main(common_args(root, base, clip, tmp_path, "--bf16", "True", "--max_steps", "2", "--learning_rate", "1e-4",
-                     *extra))  # fmt: skip
+    main(
+        common_args(
+            root,
+            base,
+            clip,
+            tmp_path,
+            "--bf16",
+            "True",
+            "--max_steps",
+            "2",
+            "--learning_rate",
+            "1e-4",
+            *extra,
+        )
+    )
     state = (
         torch.load(tmp_path / "mm_projector.bin")
         if kind == "projector"

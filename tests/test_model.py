@@ -201,9 +201,15 @@ class LayerCalls:
     def __init__(self, tower):
         self.names = []
         last = tower.vision_tower.encoder.layers[-1]
-        watched = {"layer": last, "layer_norm1": last.layer_norm1, "q_proj": last.self_attn.q_proj,
-                   "k_proj": last.self_attn.k_proj, "v_proj": last.self_attn.v_proj, "mlp": last.mlp,
-                   "second_to_last": tower.vision_tower.encoder.layers[-2]}  # fmt: skip
+        watched = {
+            "layer": last,
+            "layer_norm1": last.layer_norm1,
+            "q_proj": last.self_attn.q_proj,
+            "k_proj": last.self_attn.k_proj,
+            "v_proj": last.self_attn.v_proj,
+            "mlp": last.mlp,
+            "second_to_last": tower.vision_tower.encoder.layers[-2],
+        }
         self.handles = [m.register_forward_hook(self._hook(n)) for n, m in watched.items()]
 
     def _hook(self, name):

@@ -129,8 +129,19 @@ def test_other_settings_in_the_same_folder_are_refused(reduced_run):
 
 def test_shell_script_refuses_an_unknown_preset(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "quickstart.sh"), "--output-dir", str(tmp_path),
-                             "--preset", "nonsense"], capture_output=True, text=True, env=env)  # fmt: skip
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO_ROOT / "scripts" / "quickstart.sh"),
+            "--output-dir",
+            str(tmp_path),
+            "--preset",
+            "nonsense",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2 and "invalid choice: 'nonsense'" in result.stderr
 
 

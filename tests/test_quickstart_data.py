@@ -100,8 +100,9 @@ def test_train_dataset_loads(dataset, tiny_tokenizer_dir, tmp_path):
 
     save_image_processor(tmp_path, image_size=64)
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    ds = LazySupervisedDataset(str(dataset.train), tokenizer, load_image_processor(str(tmp_path)), "v1",
-                               str(dataset.images))  # fmt: skip
+    ds = LazySupervisedDataset(
+        str(dataset.train), tokenizer, load_image_processor(str(tmp_path)), "v1", str(dataset.images)
+    )
     item = ds[0]
     assert item["image"].shape[-1] == 64
     assert (item["labels"] != -100).any()

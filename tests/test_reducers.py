@@ -317,8 +317,12 @@ def test_no_reducer_returns_more_tokens_than_it_got_or_an_all_zero_token():
     attention[0, big] = 0.5 + torch.rand(136, generator=generator)
     attention = attention / attention.sum()
     assert int(outlier_count(attention)[0]) == 136
-    inputs = ReducerInputs(features=torch.randn(1, n, 16, generator=generator), attention=attention,
-                           keys=torch.randn(1, n, 16, generator=generator), grid=(24, 24))  # fmt: skip
+    inputs = ReducerInputs(
+        features=torch.randn(1, n, 16, generator=generator),
+        attention=attention,
+        keys=torch.randn(1, n, 16, generator=generator),
+        grid=(24, 24),
+    )
     for reduction in ({"method": "prumerge_plus"}, {"method": "prumerge", "budget": 576}):
         out = get_reducer(reduction["method"]).fn(inputs, ReductionConfig.from_value(reduction))
         length = int(out.lengths[0])
@@ -334,8 +338,12 @@ def _inputs_16(attention_values: dict[int, float]):
     for patch, value in attention_values.items():
         attention[patch] = value
     generator = torch.Generator().manual_seed(0)
-    return ReducerInputs(features=torch.randn(1, 16, 8, generator=generator), attention=attention[None],
-                         keys=torch.randn(1, 16, 8, generator=generator), grid=(4, 4))  # fmt: skip
+    return ReducerInputs(
+        features=torch.randn(1, 16, 8, generator=generator),
+        attention=attention[None],
+        keys=torch.randn(1, 16, 8, generator=generator),
+        grid=(4, 4),
+    )
 
 
 def test_budgeted_prumerge_plus_selects_by_hand():

@@ -26,10 +26,36 @@ def losses(out) -> dict[int, float]:
 def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_path):
     root, base, clip = train_workspace
     out = tmp_path / "lora"
-    run = main(common_args(root, base, clip, out, "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
-                     "--learning_rate", "1e-2", "--mm_projector_lr", "5e-3", "--max_steps", "30", "--version", "v1",
-                     "--token_reduction", "prumerge_plus", "--group_by_modality_length", "True",
-                     "--save_strategy", "steps", "--save_steps", "15"))  # fmt: skip
+    run = main(
+        common_args(
+            root,
+            base,
+            clip,
+            out,
+            "--lora_enable",
+            "True",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--learning_rate",
+            "1e-2",
+            "--mm_projector_lr",
+            "5e-3",
+            "--max_steps",
+            "30",
+            "--version",
+            "v1",
+            "--token_reduction",
+            "prumerge_plus",
+            "--group_by_modality_length",
+            "True",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "15",
+        )
+    )
     history = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())["log_history"]
     loss = [h["loss"] for h in history if "loss" in h]
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 0.4, loss  # a random 2-layer LLM learns slowly under LoRA
@@ -73,8 +99,26 @@ def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_
 def test_pretraining_saves_only_the_projector(train_workspace, tmp_path):
     root, base, clip = train_workspace
     out = tmp_path / "pretrain"
-    main(common_args(root, base, clip, out, "--tune_mm_mlp_adapter", "True", "--version", "plain",
-                     "--learning_rate", "1e-3", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"))  # fmt: skip
+    main(
+        common_args(
+            root,
+            base,
+            clip,
+            out,
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--version",
+            "plain",
+            "--learning_rate",
+            "1e-3",
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
+        )
+    )
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
         ["config.json", "mm_projector.bin", "tokenizer.json", "tokenizer_config.json"]
     )
@@ -114,8 +158,22 @@ def test_the_seed_fixes_the_new_weights(train_workspace, tmp_path):
 
 def test_lora_resume_reproduces_the_uninterrupted_losses(train_workspace, tmp_path):
     root, base, clip = train_workspace
-    args = ["--lora_enable", "True", "--lora_r", "8", "--learning_rate", "1e-3", "--max_steps", "6",
-            "--save_strategy", "steps", "--save_steps", "3", "--token_reduction", "prumerge"]  # fmt: skip
+    args = [
+        "--lora_enable",
+        "True",
+        "--lora_r",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "3",
+        "--token_reduction",
+        "prumerge",
+    ]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main(common_args(root, base, clip, full, *args))
     # An interrupted run: only its checkpoint-3 survives. Resume it and compare the next losses.
@@ -161,15 +219,43 @@ def test_lora_checkpoints_write_the_projector_before_the_trainer_state(
     monkeypatch.setattr(TrainerState, "save_to_json", killed)
     root, base, clip = train_workspace
     with pytest.raises(KeyboardInterrupt):
-        main(common_args(root, base, clip, tmp_path, "--lora_enable", "True", "--lora_r", "4", "--max_steps", "2",
-                         "--save_strategy", "steps", "--save_steps", "2"))  # fmt: skip
+        main(
+            common_args(
+                root,
+                base,
+                clip,
+                tmp_path,
+                "--lora_enable",
+                "True",
+                "--lora_r",
+                "4",
+                "--max_steps",
+                "2",
+                "--save_strategy",
+                "steps",
+                "--save_steps",
+                "2",
+            )
+        )
     assert (tmp_path / "checkpoint-2" / "non_lora_trainables.bin").is_file()
 
 
 def test_truncated_samples_are_counted(train_workspace, tmp_path):
     root, base, clip = train_workspace
-    run = main(common_args(root, base, clip, tmp_path / "short", "--max_steps", "2", "--lora_enable", "True",
-                           "--model_max_length", "64"))  # fmt: skip
+    run = main(
+        common_args(
+            root,
+            base,
+            clip,
+            tmp_path / "short",
+            "--max_steps",
+            "2",
+            "--lora_enable",
+            "True",
+            "--model_max_length",
+            "64",
+        )
+    )
     assert run.trainer.num_truncated > 0  # 576 visual tokens do not fit in 64
 
 

@@ -122,17 +122,88 @@ def test_collator_pads_and_stacks_images_in_order(data_dir, tiny_tokenizer_dir):
 
 BAD = [
     ({"id": "nogpt", "conversations": [{"from": "human", "value": "hi"}]}, "no 'gpt' turn"),
-    ({"id": "noimg", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "names no image file"),
-    ({"id": "missing", "image": "nope.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "nope.png is missing"),
-    ({"id": "notoken", "image": "a.png", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "no turn holds <image>"),
-    ({"id": "later", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"},
-                                                         {"from": "human", "value": "and <image>?"}, {"from": "gpt", "value": "y"}]}, "<image> appears in human turn 2"),
-    ({"id": "answer", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "see <image>"}]}, "<image> appears in an answer"),
-    ({"id": "twice", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n<image>\nhi"}, {"from": "gpt", "value": "x"}]}, r"\(2x\)"),
-    ({"id": "number", "image": 5, "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]}, "'image' must be a file name"),
-    ({"id": "roles", "conversations": [{"from": "human", "value": "hi"}, {"from": "human", "value": "again"}, {"from": "gpt", "value": "x"}]}, "turn 1 is from 'human'; roles must alternate"),
-    ({"id": "role", "conversations": [{"from": "user", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "turn 0 is not a"),
-]  # fmt: skip
+    (
+        {
+            "id": "noimg",
+            "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}],
+        },
+        "names no image file",
+    ),
+    (
+        {
+            "id": "missing",
+            "image": "nope.png",
+            "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}],
+        },
+        "nope.png is missing",
+    ),
+    (
+        {
+            "id": "notoken",
+            "image": "a.png",
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}],
+        },
+        "no turn holds <image>",
+    ),
+    (
+        {
+            "id": "later",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nhi"},
+                {"from": "gpt", "value": "x"},
+                {"from": "human", "value": "and <image>?"},
+                {"from": "gpt", "value": "y"},
+            ],
+        },
+        "<image> appears in human turn 2",
+    ),
+    (
+        {
+            "id": "answer",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nhi"},
+                {"from": "gpt", "value": "see <image>"},
+            ],
+        },
+        "<image> appears in an answer",
+    ),
+    (
+        {
+            "id": "twice",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\n<image>\nhi"},
+                {"from": "gpt", "value": "x"},
+            ],
+        },
+        r"\(2x\)",
+    ),
+    (
+        {
+            "id": "number",
+            "image": 5,
+            "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}],
+        },
+        "'image' must be a file name",
+    ),
+    (
+        {
+            "id": "roles",
+            "conversations": [
+                {"from": "human", "value": "hi"},
+                {"from": "human", "value": "again"},
+                {"from": "gpt", "value": "x"},
+            ],
+        },
+        "turn 1 is from 'human'; roles must alternate",
+    ),
+    (
+        {"id": "role", "conversations": [{"from": "user", "value": "hi"}, {"from": "gpt", "value": "x"}]},
+        "turn 0 is not a",
+    ),
+]
 
 
 @pytest.mark.parametrize(("record", "message"), BAD, ids=[r["id"] for r, _ in BAD])

@@ -28,10 +28,21 @@ def free_port() -> int:
 
 
 def run_script(name: str, env: dict[str, str], *flags: str) -> None:
-    env = {**os.environ, "PYTHON": sys.executable, "MASTER_PORT": str(free_port()), "CUDA_VISIBLE_DEVICES": "",
-           "REPORT_TO": "", **env}  # fmt: skip
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "v1_5" / name), *flags], env=env,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "MASTER_PORT": str(free_port()),
+        "CUDA_VISIBLE_DEVICES": "",
+        "REPORT_TO": "",
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "v1_5" / name), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert "global batch" in result.stderr
 
@@ -39,8 +50,12 @@ def run_script(name: str, env: dict[str, str], *flags: str) -> None:
 @pytest.fixture(scope="module")
 def pretrained(train_workspace, tmp_path_factory):
     root, base, clip = train_workspace
-    paths = {"MODEL_BASE": str(base), "VISION_TOWER": str(clip), "DATA_PATH": str(root / "data.json"),
-             "IMAGE_FOLDER": str(root / "images")}  # fmt: skip
+    paths = {
+        "MODEL_BASE": str(base),
+        "VISION_TOWER": str(clip),
+        "DATA_PATH": str(root / "data.json"),
+        "IMAGE_FOLDER": str(root / "images"),
+    }
     out = tmp_path_factory.mktemp("pretrain")
     run_script("pretrain.sh", {**paths, "OUTPUT_DIR": str(out)}, "--max_steps", "2")
     assert checkpoint_kind(out) == "projector"
@@ -52,9 +67,13 @@ def pretrained(train_workspace, tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("script", "kind", "method"),
-    [("finetune.sh", "full", "none"), ("finetune_lora.sh", "lora", "none"),
-     ("finetune_lora_prumerge.sh", "lora", "prumerge"), ("finetune_lora_prumerge_plus.sh", "lora", "prumerge_plus")],
-)  # fmt: skip
+    [
+        ("finetune.sh", "full", "none"),
+        ("finetune_lora.sh", "lora", "none"),
+        ("finetune_lora_prumerge.sh", "lora", "prumerge"),
+        ("finetune_lora_prumerge_plus.sh", "lora", "prumerge_plus"),
+    ],
+)
 def test_finetune_scripts_run_and_their_checkpoints_load(
     pretrained, train_workspace, tmp_path, script, kind, method
 ):
@@ -76,14 +95,53 @@ def test_two_process_zero3_lora_run(train_workspace, tmp_path):
     root, base, clip = train_workspace
     out = tmp_path / "zero3"
     command = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-        str(REPO_ROOT / "llava" / "train" / "train_mem.py"), "--deepspeed", str(REPO_ROOT / "scripts" / "zero3.json"),
-        "--model_name_or_path", str(base), "--vision_tower", str(clip), "--data_path", str(root / "data.json"),
-        "--image_folder", str(root / "images"), "--image_aspect_ratio", "pad", "--mm_projector_type", "mlp2x_gelu",
-        "--lora_enable", "True", "--lora_r", "4", "--token_reduction", "prumerge", "--output_dir", str(out),
-        "--per_device_train_batch_size", "2", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
-        "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--dataloader_num_workers", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO_ROOT / "llava" / "train" / "train_mem.py"),
+        "--deepspeed",
+        str(REPO_ROOT / "scripts" / "zero3.json"),
+        "--model_name_or_path",
+        str(base),
+        "--vision_tower",
+        str(clip),
+        "--data_path",
+        str(root / "data.json"),
+        "--image_folder",
+        str(root / "images"),
+        "--image_aspect_ratio",
+        "pad",
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--lora_enable",
+        "True",
+        "--lora_r",
+        "4",
+        "--token_reduction",
+        "prumerge",
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -102,8 +160,13 @@ def test_two_process_zero3_lora_run(train_workspace, tmp_path):
 def dry_run(env: dict[str, str]) -> str:
     """What ``finetune_lora.sh`` would launch (``DRY_RUN=1``): its batch line and command, on stderr."""
     env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "CUDA_VISIBLE_DEVICES": "", **env}
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")], env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stderr
 
@@ -130,20 +193,42 @@ def test_one_node_at_a_time_without_ssh(tmp_path):
         "NODE_RANK": "2",
         "MASTER_ADDR": "x",
     }
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")], env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "NODE_RANK=2 is outside 0..1" in result.stderr
 
 
 def test_two_nodes_launched_separately_train_together(pretrained, tmp_path):
     """Two "nodes" on 127.0.0.1, each started on its own as SLURM would (NODE_RANK 0 and 1, no ssh)."""
     out = tmp_path / "two-nodes"
-    env = {**os.environ, **pretrained, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "REPORT_TO": "",
-           "OUTPUT_DIR": str(out), "NNODES": "2", "NUM_GPUS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}  # fmt: skip
+    env = {
+        **os.environ,
+        **pretrained,
+        "PYTHON": sys.executable,
+        "CUDA_VISIBLE_DEVICES": "",
+        "REPORT_TO": "",
+        "OUTPUT_DIR": str(out),
+        "NNODES": "2",
+        "NUM_GPUS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     script = ["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh"), "--max_steps", "2"]
-    nodes = [subprocess.Popen(script, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            script,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     results = [node.communicate(timeout=900) for node in nodes]
     for node, (_, stderr) in zip(nodes, results):
         assert node.returncode == 0, stderr[-5000:]

@@ -46,8 +46,11 @@ def test_layer_settings_are_checked():
 
 
 def test_cls_patch_keeps_the_cls_token():
-    cfg = SimpleNamespace(mm_vision_tower="x", vision_config=tiny_clip_config(num_layers=2),
-                          mm_vision_select_feature="cls_patch")  # fmt: skip
+    cfg = SimpleNamespace(
+        mm_vision_tower="x",
+        vision_config=tiny_clip_config(num_layers=2),
+        mm_vision_select_feature="cls_patch",
+    )
     out = build_vision_tower(cfg, load_weights=False)(torch.randn(1, 3, 336, 336))
     assert out.tokens.shape[1] == 577 and out.lengths.tolist() == [577]
 
@@ -66,5 +69,7 @@ def test_impossible_budgets_fail_when_the_reducer_is_chosen():
     out = tower(torch.randn(1, 3, 336, 336))
     assert out.lengths.tolist() == [576] and int((out.indices[0] >= 0).sum()) == 575  # + the extra token
     with pytest.raises(ValueError, match="more than the 576"):
-        build_vision_tower(SimpleNamespace(**vars(cfg), mm_token_reduction={"method": "prumerge", "budget": 600}),
-                           load_weights=False)  # fmt: skip
+        build_vision_tower(
+            SimpleNamespace(**vars(cfg), mm_token_reduction={"method": "prumerge", "budget": 600}),
+            load_weights=False,
+        )

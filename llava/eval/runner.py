@@ -226,8 +226,20 @@ def open_for_append(path: Path, state: AnswerFileState):
 
 
 # Options that say where things are or how the work is split, not what the answers are.
-NOT_SETTINGS = frozenset({"answers_file", "question_file", "image_folder", "num_chunks", "chunk_idx",
-                          "batch_size", "device", "model_path", "model_base", "dtype"})  # fmt: skip
+NOT_SETTINGS = frozenset(
+    {
+        "answers_file",
+        "question_file",
+        "image_folder",
+        "num_chunks",
+        "chunk_idx",
+        "batch_size",
+        "device",
+        "model_path",
+        "model_base",
+        "dtype",
+    }
+)
 SETTINGS_SUFFIX = ".settings.json"
 
 
@@ -253,8 +265,12 @@ def requested_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
     """
     options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
     dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
-    return {"model_path": _model_source(args.model_path), "model_base": _model_source(args.model_base),
-            "dtype": dtype, "options": options}  # fmt: skip
+    return {
+        "model_path": _model_source(args.model_path),
+        "model_base": _model_source(args.model_base),
+        "dtype": dtype,
+        "options": options,
+    }
 
 
 def read_settings(path: Path) -> dict[str, Any] | None:
@@ -284,8 +300,11 @@ def check_same_settings(path: Path, state: AnswerFileState, recorded: dict | Non
     if not state.count:
         return
     if recorded is None:
-        print(f"warning: {path} records no settings (written by an older version); resuming without the "
-              "settings check.", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {path} records no settings (written by an older version); resuming without the "
+            "settings check.",
+            file=sys.stderr,
+        )
         return
     differs = settings_difference({k: recorded.get(k) for k in current}, current)
     if differs:

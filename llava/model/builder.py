@@ -128,8 +128,10 @@ def _warn_unrecorded_reduction(folder: Path, model_path: str, reduction: Reducti
         "%s records no token reduction (mm_token_reduction) and runs with %r. The released PruMerge / PruMerge+ "
         "adapters record none either: if this is one of them (e.g. a local copy of %s), pass "
         "--token-reduction prumerge or prumerge_plus (token_reduction= in Python).",
-        folder, reduction.describe(), next(iter(KNOWN_REDUCTIONS)),
-    )  # fmt: skip
+        folder,
+        reduction.describe(),
+        next(iter(KNOWN_REDUCTIONS)),
+    )
 
 
 def _check_base(base: Path, config: LlavaConfig) -> None:
@@ -188,8 +190,9 @@ def _projector_loaded_later() -> Iterator[None]:
         cls._keys_to_ignore_on_load_missing = before
 
 
-def _from_pretrained(folder: Path, config: LlavaConfig, projector_follows: bool = False,
-                     **kwargs: Any) -> LlavaLlamaForCausalLM:  # fmt: skip
+def _from_pretrained(
+    folder: Path, config: LlavaConfig, projector_follows: bool = False, **kwargs: Any
+) -> LlavaLlamaForCausalLM:
     """The language model (and projector, when present) from ``folder``, the CLIP weights from their own.
 
     ``projector_follows``: ``folder`` is a base LLM and the caller loads the projector next.
@@ -225,8 +228,11 @@ def _adapter_config(folder: Path, base: Path, model_base: str | None):
     if recorded and _model_name(recorded) != _model_name(given):
         logger.warning(
             "The LoRA adapter in %s was trained on %r but --model-base is %r: its shapes match, so it loads, "
-            "but its answers are only meaningful on the base it was trained on.", folder, recorded, given,
-        )  # fmt: skip
+            "but its answers are only meaningful on the base it was trained on.",
+            folder,
+            recorded,
+            given,
+        )
     if hasattr(adapter, "exclude_modules"):
         adapter.exclude_modules = _exclusion(adapter.exclude_modules)
     return adapter
@@ -238,8 +244,14 @@ def _model_name(path_or_id: str) -> str:
 
 
 def _non_lora_file(folder: Path) -> Path:
-    extra = next((folder / n for n in ("non_lora_trainables.bin", "non_lora_trainables.safetensors")
-                  if (folder / n).is_file()), None)  # fmt: skip
+    extra = next(
+        (
+            folder / n
+            for n in ("non_lora_trainables.bin", "non_lora_trainables.safetensors")
+            if (folder / n).is_file()
+        ),
+        None,
+    )
     if extra is None:
         raise FileNotFoundError(
             f"{folder} has adapter_config.json but no non_lora_trainables.bin (the projector): "
@@ -272,15 +284,24 @@ def _load_non_lora(model: LlavaLlamaForCausalLM, state: dict[str, torch.Tensor],
             mapped[name] = value
     if mapped:
         model.load_state_dict(mapped, strict=False)
-        logger.info("Loaded %d non-LoRA weight(s) besides the projector from %s: %s", len(mapped), source,
-                    ", ".join(sorted(mapped)[:8]))  # fmt: skip
+        logger.info(
+            "Loaded %d non-LoRA weight(s) besides the projector from %s: %s",
+            len(mapped),
+            source,
+            ", ".join(sorted(mapped)[:8]),
+        )
     if unknown:
-        logger.warning("%s: %d key(s) match nothing in the model and were not loaded: %s", source, len(unknown),
-                       ", ".join(unknown[:8]))  # fmt: skip
+        logger.warning(
+            "%s: %d key(s) match nothing in the model and were not loaded: %s",
+            source,
+            len(unknown),
+            ", ".join(unknown[:8]),
+        )
 
 
-def _load_lora(folder: Path, base: Path, config: LlavaConfig, model_base: str | None = None,
-               **kwargs: Any) -> LlavaLlamaForCausalLM:  # fmt: skip
+def _load_lora(
+    folder: Path, base: Path, config: LlavaConfig, model_base: str | None = None, **kwargs: Any
+) -> LlavaLlamaForCausalLM:
     from peft import PeftModel
 
     extra = _non_lora_file(folder)
@@ -291,8 +312,14 @@ def _load_lora(folder: Path, base: Path, config: LlavaConfig, model_base: str | 
     return PeftModel.from_pretrained(model, folder, config=adapter).merge_and_unload()
 
 
-def _load_weights(kind: str, folder: Path, base: Path | None, config: LlavaConfig, model_base: str | None = None,
-                  **kwargs: Any):  # fmt: skip
+def _load_weights(
+    kind: str,
+    folder: Path,
+    base: Path | None,
+    config: LlavaConfig,
+    model_base: str | None = None,
+    **kwargs: Any,
+):
     if kind == "full":
         return _from_pretrained(folder, config, **kwargs)
     if base is None:

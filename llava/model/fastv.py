@@ -24,8 +24,12 @@ from llava.model.token_reduction.reducers import ReducedTokens, ReducerInputs, r
 from llava.model.token_reduction.registry import register_reducer
 
 
-@register_reducer("fastv", needs_attention=False, in_llm=True,
-                  description="FastV: drop low-attention visual tokens after LLM layer K")  # fmt: skip
+@register_reducer(
+    "fastv",
+    needs_attention=False,
+    in_llm=True,
+    description="FastV: drop low-attention visual tokens after LLM layer K",
+)
 def reduce_fastv(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """The tower keeps every token; the language model drops visual tokens after layer ``llm_layer``."""
     return reduce_none(inputs, config)
@@ -67,8 +71,9 @@ def query_attention(
     return logits.softmax(dim=-1).mean(dim=1)  # [B, L]
 
 
-def kept_tokens(scores: torch.Tensor, visual: torch.Tensor, real: torch.Tensor, budget: int | None,
-                ratio: float | None) -> torch.Tensor:  # fmt: skip
+def kept_tokens(
+    scores: torch.Tensor, visual: torch.Tensor, real: torch.Tensor, budget: int | None, ratio: float | None
+) -> torch.Tensor:
     """``[B, L]`` bool: every real non-visual token, and each sample's top visual tokens by score.
 
     ``budget`` visual tokens per sample, or ``ratio`` of that sample's visual tokens (at least one).
@@ -93,9 +98,11 @@ class FastV:
     def before_layer(self, layer_idx, layer, hidden, layer_kwargs, step) -> None:
         """Scores every token by the last prompt token's attention in this layer (its own q/k, any kernel)."""
         query = int(step.query_position()[0])  # one column for the whole batch (left padding)
-        step.scores[layer_idx] = query_attention(layer, hidden, layer_kwargs["position_embeddings"],
-                                                 step.valid, query)  # fmt: skip
+        step.scores[layer_idx] = query_attention(
+            layer, hidden, layer_kwargs["position_embeddings"], step.valid, query
+        )
 
     def keep(self, layer_idx, hidden, step) -> torch.Tensor:
-        return kept_tokens(step.scores.pop(layer_idx), step.visual, step.valid, self.config.budget,
-                           self.config.ratio)  # fmt: skip
+        return kept_tokens(
+            step.scores.pop(layer_idx), step.visual, step.valid, self.config.budget, self.config.ratio
+        )

@@ -21,10 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate none / prumerge / prumerge_plus / sequential / spatial with the benchmark runners and scorers. "
         "A second run with the same --output-dir reuses every finished stage.",
     )
-    parser.add_argument("--output-dir", default="checkpoints/quickstart", help="where everything goes "
-                        "(default: checkpoints/quickstart)")  # fmt: skip
-    parser.add_argument("--preset", default="full", choices=sorted(PRESETS),
-                        help="full (about 8 minutes on 2 CPU cores) or reduced (a smoke run)")  # fmt: skip
+    parser.add_argument(
+        "--output-dir",
+        default="checkpoints/quickstart",
+        help="where everything goes (default: checkpoints/quickstart)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="full",
+        choices=sorted(PRESETS),
+        help="full (about 8 minutes on 2 CPU cores) or reduced (a smoke run)",
+    )
     return parser
 
 

@@ -116,8 +116,15 @@ def sample_scene(rng: random.Random, image_size: int, max_objects: int = 6) -> S
         x = rng.randint(half + 2, image_size - half - 3)
         y = rng.randint(half + 2, image_size - half - 3)
         if all(max(abs(x - o["x"]), abs(y - o["y"])) > half + o["size"] + 4 for o in scene):
-            scene.append({"shape": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "x": x, "y": y,
-                          "size": half})  # fmt: skip
+            scene.append(
+                {
+                    "shape": rng.choice(SHAPES),
+                    "colour": rng.choice(list(COLOURS)),
+                    "x": x,
+                    "y": y,
+                    "size": half,
+                }
+            )
     return scene
 
 
@@ -240,7 +247,9 @@ def choice_turns(rng: random.Random, scene: Scene) -> list[tuple[str, str]]:
         obj = rng.choice(single)
         options = [obj["shape"], rng.choice([s for s in SHAPES if s != obj["shape"]])]
         rng.shuffle(options)
-        turns.append((f"Is the {obj['colour']} shape a {options[0]} or a {options[1]}?{SHORT_SUFFIX}", obj["shape"]))
+        turns.append(
+            (f"Is the {obj['colour']} shape a {options[0]} or a {options[1]}?{SHORT_SUFFIX}", obj["shape"])
+        )
     return turns
 
 
@@ -346,8 +355,9 @@ def _write_train(paths: DatasetPaths, scenes: dict[str, Scene], seed: int) -> di
         stem = name.removesuffix(".png")
         turns = train_turns(rng, scene)
         train.append({"id": stem, "image": name, "conversations": conversation(turns, True)})
-        pretrain.append({"id": stem, "image": name,
-                         "conversations": conversation([("", caption(scene))], True)})  # fmt: skip
+        pretrain.append(
+            {"id": stem, "image": name, "conversations": conversation([("", caption(scene))], True)}
+        )
         pretrain[-1]["conversations"][0]["value"] = "<image>"
     for index in range(max(1, len(scenes) // 40)):
         question, answer = TEXT_ONLY_QA[index % len(TEXT_ONLY_QA)]
@@ -373,8 +383,14 @@ def _write_pope(paths: DatasetPaths, scenes: dict[str, Scene], popular: list, se
             for (colour, shape), label in by_category[category]:
                 position = len(labels[category]) + 1
                 text = f"Is there a {colour} {shape} in the image?"
-                questions.append({"question_id": POPE_ID_OFFSETS[category] + position, "image": name,
-                                  "text": text + SHORT_SUFFIX, "category": category})  # fmt: skip
+                questions.append(
+                    {
+                        "question_id": POPE_ID_OFFSETS[category] + position,
+                        "image": name,
+                        "text": text + SHORT_SUFFIX,
+                        "category": category,
+                    }
+                )
                 labels[category].append(
                     {"question_id": position, "image": name, "text": text, "label": label}
                 )
@@ -391,8 +407,16 @@ def _write_sqa(paths: DatasetPaths, scenes: dict[str, Scene], seed: int) -> int:
     for index, (name, scene) in enumerate(scenes.items()):
         question, options, gold = sqa_item(rng, scene)
         human = f"<image>\n{multiple_choice_text(question, options)}"
-        items.append({"id": str(index + 1), "image": name,
-                      "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": chr(65 + gold)}]})  # fmt: skip
+        items.append(
+            {
+                "id": str(index + 1),
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": human},
+                    {"from": "gpt", "value": chr(65 + gold)},
+                ],
+            }
+        )
     _write_json(paths.sqa_questions, items)
     _write_json(paths.sqa_dir / "pid_splits.json", {"test": [item["id"] for item in items]})
     return len(items)
@@ -405,16 +429,23 @@ def _write_vqa(paths: DatasetPaths, scenes: dict[str, Scene], seed: int) -> int:
     for name, scene in scenes.items():
         for category, question, answer in vqa_questions(rng, scene):
             qid = len(questions) + 1
-            questions.append({"question_id": qid, "image": name, "text": question + SHORT_SUFFIX,
-                              "category": category})  # fmt: skip
+            questions.append(
+                {"question_id": qid, "image": name, "text": question + SHORT_SUFFIX, "category": category}
+            )
             answers[str(qid)] = answer
     _write_jsonl(paths.vqa_questions, questions)
     _write_json(paths.vqa_answers, answers)
     # TextVQA's annotation layout, so that ``llava.eval.eval_textvqa`` scores these answers: it matches an
     # answer by (question_id, question) against (image_id, question), hence image_id = question_id here.
-    annotations = [{"question_id": q["question_id"], "image_id": q["question_id"],
-                    "question": q["text"].removesuffix(SHORT_SUFFIX), "answers": [answers[str(q["question_id"])]] * 10}
-                   for q in questions]  # fmt: skip
+    annotations = [
+        {
+            "question_id": q["question_id"],
+            "image_id": q["question_id"],
+            "question": q["text"].removesuffix(SHORT_SUFFIX),
+            "answers": [answers[str(q["question_id"])]] * 10,
+        }
+        for q in questions
+    ]
     _write_json(paths.vqa_annotations, {"dataset_name": "quickstart-shapes", "data": annotations})
     return len(questions)
 
@@ -425,8 +456,13 @@ def _write_vqa(paths: DatasetPaths, scenes: dict[str, Scene], seed: int) -> int:
 
 
 def _arguments(n_train: int, n_eval: int, image_size: int, seed: int) -> dict[str, int]:
-    return {"version": MANIFEST_VERSION, "n_train": n_train, "n_eval": n_eval, "image_size": image_size,
-            "seed": seed}  # fmt: skip
+    return {
+        "version": MANIFEST_VERSION,
+        "n_train": n_train,
+        "n_eval": n_eval,
+        "image_size": image_size,
+        "seed": seed,
+    }
 
 
 def _reusable(paths: DatasetPaths, arguments: dict[str, int]) -> bool:

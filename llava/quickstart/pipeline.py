@@ -264,32 +264,69 @@ def training_env(layout: Layout) -> dict[str, str]:
 def small_run_flags(cfg: QuickstartConfig, epochs: float, lr: float) -> list[str]:
     """Flags appended to a published script (the last value of a flag wins) for a small CPU run."""
     return [
-        "--bf16", "False", "--tf32", "False", "--gradient_checkpointing", "False",
-        "--dataloader_num_workers", "0", "--gradient_accumulation_steps", "1",
-        "--per_device_train_batch_size", str(cfg.batch_size), "--num_train_epochs", str(epochs),
-        "--learning_rate", str(lr), "--warmup_ratio", "0.05", "--save_strategy", "no",
-        "--logging_steps", "10", "--model_max_length", "512", "--seed", str(cfg.seed),
-        "--disable_tqdm", "True",
-    ]  # fmt: skip
+        "--bf16",
+        "False",
+        "--tf32",
+        "False",
+        "--gradient_checkpointing",
+        "False",
+        "--dataloader_num_workers",
+        "0",
+        "--gradient_accumulation_steps",
+        "1",
+        "--per_device_train_batch_size",
+        str(cfg.batch_size),
+        "--num_train_epochs",
+        str(epochs),
+        "--learning_rate",
+        str(lr),
+        "--warmup_ratio",
+        "0.05",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10",
+        "--model_max_length",
+        "512",
+        "--seed",
+        str(cfg.seed),
+        "--disable_tqdm",
+        "True",
+    ]
 
 
 def stage_pretrain(layout: Layout, cfg: QuickstartConfig, echo: Callable[[str], None]) -> None:
     """Projector pretraining on the captions with ``scripts/v1_5/pretrain.sh`` (LLM and tower frozen)."""
-    env = {**training_env(layout), "DATA_PATH": str(layout.data.pretrain), "OUTPUT_DIR": str(layout.pretrain),
-           "PER_DEVICE_BATCH": str(cfg.batch_size)}  # fmt: skip
+    env = {
+        **training_env(layout),
+        "DATA_PATH": str(layout.data.pretrain),
+        "OUTPUT_DIR": str(layout.pretrain),
+        "PER_DEVICE_BATCH": str(cfg.batch_size),
+    }
     flags = small_run_flags(cfg, cfg.pretrain_epochs, cfg.pretrain_lr)
     run_logged(["bash", str(SCRIPTS / "pretrain.sh"), *flags], env, layout.logs / "pretrain.log", echo)
 
 
 def stage_finetune(layout: Layout, cfg: QuickstartConfig, echo: Callable[[str], None]) -> None:
     """LoRA finetuning with PruMerge+ in the loop: ``scripts/v1_5/finetune_lora_prumerge_plus.sh``."""
-    env = {**training_env(layout), "DATA_PATH": str(layout.data.train), "OUTPUT_DIR": str(layout.finetune),
-           "PRETRAIN_MM_MLP_ADAPTER": str(layout.pretrain / "mm_projector.bin"),
-           "PER_DEVICE_BATCH": str(cfg.batch_size), "LEARNING_RATE": str(cfg.finetune_lr)}  # fmt: skip
+    env = {
+        **training_env(layout),
+        "DATA_PATH": str(layout.data.train),
+        "OUTPUT_DIR": str(layout.finetune),
+        "PRETRAIN_MM_MLP_ADAPTER": str(layout.pretrain / "mm_projector.bin"),
+        "PER_DEVICE_BATCH": str(cfg.batch_size),
+        "LEARNING_RATE": str(cfg.finetune_lr),
+    }
     flags = small_run_flags(cfg, cfg.finetune_epochs, cfg.finetune_lr) + [
-        "--lora_r", str(cfg.lora_r), "--lora_alpha", str(cfg.lora_alpha), "--mm_projector_lr", str(cfg.finetune_lr),
-        "--lr_scheduler_type", cfg.finetune_schedule,
-    ]  # fmt: skip
+        "--lora_r",
+        str(cfg.lora_r),
+        "--lora_alpha",
+        str(cfg.lora_alpha),
+        "--mm_projector_lr",
+        str(cfg.finetune_lr),
+        "--lr_scheduler_type",
+        cfg.finetune_schedule,
+    ]
     script = SCRIPTS / "finetune_lora_prumerge_plus.sh"
     run_logged(["bash", str(script), *flags], env, layout.logs / "finetune.log", echo)
 
@@ -340,18 +377,64 @@ def answer_benchmarks(
     from llava.eval import model_vqa_loader, model_vqa_science
 
     data, out = layout.data, layout.eval / method
-    common = ["--model-path", str(layout.finetune), "--model-base", str(layout.base), "--temperature", "0",
-              "--conv-mode", "vicuna_v1", "--batch-size", str(cfg.eval_batch_size), "--device", "cpu",
-              *reduction_flags(method, budget, cfg.tower.image_size // cfg.tower.patch_size)]  # fmt: skip
+    common = [
+        "--model-path",
+        str(layout.finetune),
+        "--model-base",
+        str(layout.base),
+        "--temperature",
+        "0",
+        "--conv-mode",
+        "vicuna_v1",
+        "--batch-size",
+        str(cfg.eval_batch_size),
+        "--device",
+        "cpu",
+        *reduction_flags(method, budget, cfg.tower.image_size // cfg.tower.patch_size),
+    ]
     answers = {"pope": out / "pope.jsonl", "sqa": out / "sqa.jsonl", "vqa": out / "vqa.jsonl"}
     runs = [
-        (model_vqa_loader.main, ["--question-file", str(data.pope_questions), "--image-folder", str(data.images),
-                                 "--answers-file", str(answers["pope"]), "--max-new-tokens", "4"]),
-        (model_vqa_science.main, ["--question-file", str(data.sqa_questions), "--image-folder", str(data.images),
-                                  "--answers-file", str(answers["sqa"]), "--single-pred-prompt", "--max-new-tokens", "4"]),
-        (model_vqa_loader.main, ["--question-file", str(data.vqa_questions), "--image-folder", str(data.images),
-                                 "--answers-file", str(answers["vqa"]), "--max-new-tokens", "6"]),
-    ]  # fmt: skip
+        (
+            model_vqa_loader.main,
+            [
+                "--question-file",
+                str(data.pope_questions),
+                "--image-folder",
+                str(data.images),
+                "--answers-file",
+                str(answers["pope"]),
+                "--max-new-tokens",
+                "4",
+            ],
+        ),
+        (
+            model_vqa_science.main,
+            [
+                "--question-file",
+                str(data.sqa_questions),
+                "--image-folder",
+                str(data.images),
+                "--answers-file",
+                str(answers["sqa"]),
+                "--single-pred-prompt",
+                "--max-new-tokens",
+                "4",
+            ],
+        ),
+        (
+            model_vqa_loader.main,
+            [
+                "--question-file",
+                str(data.vqa_questions),
+                "--image-folder",
+                str(data.images),
+                "--answers-file",
+                str(answers["vqa"]),
+                "--max-new-tokens",
+                "6",
+            ],
+        ),
+    ]
     for (func, argv), name in zip(runs, answers):
         started = time.time()
         code = _quiet(func, argv + common, layout.logs / f"eval_{method}.log")
@@ -371,14 +454,38 @@ def score(layout: Layout, answers: dict[str, Path]) -> dict[str, Any]:
 
     data = layout.data
     log = layout.logs / "scores.log"
-    pope = _quiet(eval_pope.main, ["--annotation-dir", str(data.pope_labels), "--question-file",
-                                   str(data.pope_questions), "--result-file", str(answers["pope"])], log)  # fmt: skip
+    pope = _quiet(
+        eval_pope.main,
+        [
+            "--annotation-dir",
+            str(data.pope_labels),
+            "--question-file",
+            str(data.pope_questions),
+            "--result-file",
+            str(answers["pope"]),
+        ],
+        log,
+    )
     sqa_out = answers["sqa"].with_suffix("")
-    sqa = _quiet(eval_science_qa.main, ["--base-dir", str(data.sqa_dir), "--result-file", str(answers["sqa"]),
-                                        "--output-file", f"{sqa_out}_output.json",
-                                        "--output-result", f"{sqa_out}_result.json"], log)  # fmt: skip
-    vqa = _quiet(eval_textvqa.main, ["--annotation-file", str(data.vqa_annotations),
-                                     "--result-file", str(answers["vqa"])], log)  # fmt: skip
+    sqa = _quiet(
+        eval_science_qa.main,
+        [
+            "--base-dir",
+            str(data.sqa_dir),
+            "--result-file",
+            str(answers["sqa"]),
+            "--output-file",
+            f"{sqa_out}_output.json",
+            "--output-result",
+            f"{sqa_out}_result.json",
+        ],
+        log,
+    )
+    vqa = _quiet(
+        eval_textvqa.main,
+        ["--annotation-file", str(data.vqa_annotations), "--result-file", str(answers["vqa"])],
+        log,
+    )
     categories = {q["question_id"]: q["category"] for q in read_jsonl(data.vqa_questions)}
     truth = json.loads(data.vqa_answers.read_text(encoding="utf-8"))
     by_type: dict[str, list[dict]] = {}
@@ -448,8 +555,12 @@ def presence_margins(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
         for start in range(0, len(items), cfg.eval_batch_size):
             chunk = items[start : start + cfg.eval_batch_size]
             prefix = "<image>\n" if with_image else ""
-            ids = [tokenizer_image_token(build_prompt("vicuna_v1", prefix + text), tokenizer, return_tensors="pt")
-                   for _, text, _ in chunk]  # fmt: skip
+            ids = [
+                tokenizer_image_token(
+                    build_prompt("vicuna_v1", prefix + text), tokenizer, return_tensors="pt"
+                )
+                for _, text, _ in chunk
+            ]
             input_ids, mask = left_pad(ids, tokenizer.pad_token_id or 0)
             if with_image:
                 images = [load_image(layout.data.images / name) for name, _, _ in chunk]
@@ -458,8 +569,12 @@ def presence_margins(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
                 pixels = torch.zeros(0, 3, 1, 1)
             with torch.no_grad():
                 spliced = model.prepare_multimodal_inputs(input_ids, mask, pixels, padding_side="left")
-                logits = model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                               position_ids=spliced.position_ids, logits_to_keep=1).logits[:, -1]  # fmt: skip
+                logits = model(
+                    inputs_embeds=spliced.inputs_embeds,
+                    attention_mask=spliced.attention_mask,
+                    position_ids=spliced.position_ids,
+                    logits_to_keep=1,
+                ).logits[:, -1]
             logp = logits.float().log_softmax(-1)
             margins += (logp[:, yes] - logp[:, no]).tolist()
         positives = [m for m, (_, _, label) in zip(margins, items) if label]
@@ -511,8 +626,20 @@ def draw_kept_tokens(layout: Layout, cfg: QuickstartConfig) -> list[str]:
     written = []
     for method in ("prumerge", "prumerge_plus"):
         folder = layout.pictures / method
-        argv = ["--model-path", str(layout.finetune), "--model-base", str(layout.base), "--image-file", *files,
-                "--token-reduction", method, "--out-dir", str(folder), "--scale", "2"]  # fmt: skip
+        argv = [
+            "--model-path",
+            str(layout.finetune),
+            "--model-base",
+            str(layout.base),
+            "--image-file",
+            *files,
+            "--token-reduction",
+            method,
+            "--out-dir",
+            str(folder),
+            "--scale",
+            "2",
+        ]
         if _quiet(visualise, argv, layout.logs / "visualize.log") != 0:
             raise StageError(f"the visualiser failed; see {layout.logs / 'visualize.log'}")
         written += sorted(str(p.relative_to(layout.root)) for p in folder.glob("*.png"))
@@ -546,17 +673,28 @@ def check_settings(layout: Layout, cfg: QuickstartConfig) -> None:
 
 def markdown_tables(results: dict[str, dict[str, Any]], budget: int) -> tuple[str, str]:
     """Table 1-style (none / PruMerge / PruMerge+) and Table 4-style (at PruMerge's count) summaries."""
-    head = ("| method | visual tokens | POPE F1 | POPE acc | SQA-IMG | VQA | VQA count | VQA colour |\n"
-            "|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    head = (
+        "| method | visual tokens | POPE F1 | POPE acc | SQA-IMG | VQA | VQA count | VQA colour |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
 
     def row(name: str, label: str) -> str:
         r = results[name]
-        cells = [r["visual_tokens"], r["pope_f1"], r["pope_acc"], r["sqa_acc"], r["vqa_acc"],
-                 r.get("vqa_count_acc", float("nan")), r.get("vqa_colour_acc", float("nan"))]  # fmt: skip
+        cells = [
+            r["visual_tokens"],
+            r["pope_f1"],
+            r["pope_acc"],
+            r["sqa_acc"],
+            r["vqa_acc"],
+            r.get("vqa_count_acc", float("nan")),
+            r.get("vqa_colour_acc", float("nan")),
+        ]
         return f"| {label} | " + " | ".join(f"{c:.1f}" for c in cells) + " |\n"
 
-    chance = (f"| chance | | | {CHANCE['pope_acc']:.1f} | {CHANCE['sqa_acc']:.1f} | | {CHANCE['vqa_count_acc']:.1f} "
-              f"| {CHANCE['vqa_colour_acc']:.1f} |\n")  # fmt: skip
+    chance = (
+        f"| chance | | | {CHANCE['pope_acc']:.1f} | {CHANCE['sqa_acc']:.1f} | | {CHANCE['vqa_count_acc']:.1f} "
+        f"| {CHANCE['vqa_colour_acc']:.1f} |\n"
+    )
     table1 = head + row("none", "LLaVA (all tokens)") + row("prumerge", "+ PruMerge")
     table1 += row("prumerge_plus", "+ PruMerge+") + chance
     table4 = head + row("prumerge", "PruMerge (adaptive)") + row("sequential", f"sequential ({budget})")
@@ -591,17 +729,34 @@ def run_quickstart(
         echo(f"[quickstart] {name}: done in {timings[name]:.0f} s (total {time.time() - started:.0f} s)")
 
     tower_cfg = cfg.tower
-    stage("1/6 synthetic dataset", False, lambda: generate_dataset(
-        layout.root / "data", cfg.n_train, cfg.n_eval, tower_cfg.image_size, cfg.seed))  # fmt: skip
-    stage("2/6 vision tower pretraining", (layout.tower / "pretrain_log.json").is_file(),
-          lambda: pretrain_tower(layout.root / "data", layout.tower, tower_cfg, lambda m: echo("    " + m)))  # fmt: skip
-    stage("3/6 tokenizer and base LLM (text pretraining)", (layout.base / "config.json").is_file(),
-          lambda: stage_tokenizer_and_llm(layout, cfg, echo))  # fmt: skip
-    stage("4/6 projector pretraining (scripts/v1_5/pretrain.sh)", (layout.pretrain / "mm_projector.bin").is_file(),
-          lambda: stage_pretrain(layout, cfg, echo))  # fmt: skip
+    stage(
+        "1/6 synthetic dataset",
+        False,
+        lambda: generate_dataset(
+            layout.root / "data", cfg.n_train, cfg.n_eval, tower_cfg.image_size, cfg.seed
+        ),
+    )
+    stage(
+        "2/6 vision tower pretraining",
+        (layout.tower / "pretrain_log.json").is_file(),
+        lambda: pretrain_tower(layout.root / "data", layout.tower, tower_cfg, lambda m: echo("    " + m)),
+    )
+    stage(
+        "3/6 tokenizer and base LLM (text pretraining)",
+        (layout.base / "config.json").is_file(),
+        lambda: stage_tokenizer_and_llm(layout, cfg, echo),
+    )
+    stage(
+        "4/6 projector pretraining (scripts/v1_5/pretrain.sh)",
+        (layout.pretrain / "mm_projector.bin").is_file(),
+        lambda: stage_pretrain(layout, cfg, echo),
+    )
     finetuned = layout.finetune.is_dir() and checkpoint_kind(layout.finetune) == "lora"
-    stage("5/6 LoRA finetuning with PruMerge+ (scripts/v1_5/finetune_lora_prumerge_plus.sh)", finetuned,
-          lambda: stage_finetune(layout, cfg, echo))  # fmt: skip
+    stage(
+        "5/6 LoRA finetuning with PruMerge+ (scripts/v1_5/finetune_lora_prumerge_plus.sh)",
+        finetuned,
+        lambda: stage_finetune(layout, cfg, echo),
+    )
 
     echo("[quickstart] 6/6 evaluation (POPE, ScienceQA, VQA) of " + ", ".join(METHODS))
     t0 = time.time()
@@ -637,15 +792,19 @@ def run_quickstart(
     (layout.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     by_objects = ", ".join(f"{n}: {v:.1f}" for n, v in correlation["mean_kept_by_objects"].items())
     text = (
-        "## Table 1 (synthetic shapes; accuracies in %)\n\n" + table1
-        + f"\n## Table 4: PruMerge vs. sampling at PruMerge's mean token count ({budget})\n\n" + table4
+        "## Table 1 (synthetic shapes; accuracies in %)\n\n"
+        + table1
+        + f"\n## Table 4: PruMerge vs. sampling at PruMerge's mean token count ({budget})\n\n"
+        + table4
         + f"\nPruMerge's kept tokens vs. objects per image: Pearson r = {correlation['pearson_r']:.2f} over "
         f"{correlation['images']} images (mean kept by object count: {by_objects})\n"
         + f"\nPOPE, threshold-free (log P(Yes) - log P(No) of the first answer token, all tokens): ROC AUC "
         f"{presence['with_image']['auc']:.2f} with the image, {presence['text_only']['auc']:.2f} from the question "
         "alone (0.5: present and absent objects not separated)\n"
-        + "\nKept-token pictures: " + ", ".join(pictures) + "\n"
-    )  # fmt: skip
+        + "\nKept-token pictures: "
+        + ", ".join(pictures)
+        + "\n"
+    )
     (layout.root / "summary.md").write_text(text, encoding="utf-8")
     echo("\n" + text)
     echo(f"[quickstart] finished in {summary['total_seconds']:.0f} s; everything is under {layout.root}")

@@ -176,9 +176,14 @@ def missing_images(records: list[tuple[int, Any]], folder: Path | None) -> set[i
     import torch.distributed as dist
 
     def look() -> list[int]:
-        return sorted(number for number, record in records
-                      if isinstance(record, dict) and isinstance(record.get("image"), str) and record["image"]
-                      and not (folder / record["image"]).is_file())  # fmt: skip
+        return sorted(
+            number
+            for number, record in records
+            if isinstance(record, dict)
+            and isinstance(record.get("image"), str)
+            and record["image"]
+            and not (folder / record["image"]).is_file()
+        )
 
     if folder is None:
         return set()
@@ -311,8 +316,17 @@ class LazySupervisedDataset(Dataset):
     usable sample and counted in :attr:`corrupt_images` (shared with data-loader workers).
     """
 
-    def __init__(self, data_path: str, tokenizer, image_processor, conv_version: str, image_folder: str | None,
-                 image_aspect_ratio: str = "square", skip_bad: bool = False, check_images: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data_path: str,
+        tokenizer,
+        image_processor,
+        conv_version: str,
+        image_folder: str | None,
+        image_aspect_ratio: str = "square",
+        skip_bad: bool = False,
+        check_images: bool = True,
+    ) -> None:
         self.samples, self.skipped = load_samples(data_path, image_folder, skip_bad, check_images)
         self.tokenizer = tokenizer
         self.image_processor = image_processor

@@ -139,10 +139,13 @@ class LLaVATrainer(Trainer):
             if param.requires_grad:
                 groups.setdefault((name in decay, "mm_projector" in name), []).append(param)
         param_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if has_decay else 0.0,
-             **({"lr": self.args.mm_projector_lr} if projector else {})}
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if has_decay else 0.0,
+                **({"lr": self.args.mm_projector_lr} if projector else {}),
+            }
             for (has_decay, projector), params in groups.items()
-        ]  # fmt: skip
+        ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
@@ -283,10 +286,14 @@ def require_complete(folder: str | os.PathLike, lora: bool) -> None:
 def latest_complete_checkpoint(output_dir: str | os.PathLike, lora: bool) -> str:
     """The newest ``checkpoint-N`` of ``output_dir`` that can be resumed from; incomplete ones are skipped."""
     folders = sorted(
-        (p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        (
+            p
+            for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+            if p.is_dir() and p.name.split("-")[-1].isdigit()
+        ),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
-    )  # fmt: skip
+    )
     for folder in folders:
         problem = checkpoint_problem(folder, lora)
         if problem is None:

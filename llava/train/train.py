@@ -109,9 +109,12 @@ def build_model(
     from llava.model.builder import _read_state, projector_state
 
     model = LlavaLlamaForCausalLM.from_pretrained(
-        model_args.model_name_or_path, config=config, dtype=load_dtype(training_args),
-        cache_dir=training_args.cache_dir, attn_implementation=attn_implementation,
-    )  # fmt: skip
+        model_args.model_name_or_path,
+        config=config,
+        dtype=load_dtype(training_args),
+        cache_dir=training_args.cache_dir,
+        attn_implementation=attn_implementation,
+    )
     tower = model.get_vision_tower()
     load_into(tower.vision_tower, tower.pretrained_state_dict())
     tower.check_reduction()
@@ -166,9 +169,12 @@ def add_lora(model, training_args: TrainingArguments):
 
     skip = ("mm_projector", "vision_tower", "lm_head")
     targets = sorted(
-        {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-         if isinstance(module, torch.nn.Linear) and not any(s in name for s in skip)}
-    )  # fmt: skip
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not any(s in name for s in skip)
+        }
+    )
     lora = LoraConfig(
         r=training_args.lora_r,
         lora_alpha=training_args.lora_alpha,
@@ -195,9 +201,11 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     register_auto_classes()
     tokenizer = transformers.AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, cache_dir=training_args.cache_dir,
-        model_max_length=training_args.model_max_length, padding_side="right",
-    )  # fmt: skip
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token  # LLaVA-1.5: pad = unk (id 0)
     config = llava_config(model_args, training_args, data_args)
@@ -208,10 +216,15 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
 
     _ = training_args.world_size  # sets up the process group (torchrun), so rank 0 alone checks the images
     dataset = LazySupervisedDataset(
-        data_args.data_path, tokenizer, load_image_processor(config.mm_vision_tower), model_args.version,
-        data_args.image_folder, data_args.image_aspect_ratio, skip_bad=data_args.skip_bad_samples,
+        data_args.data_path,
+        tokenizer,
+        load_image_processor(config.mm_vision_tower),
+        model_args.version,
+        data_args.image_folder,
+        data_args.image_aspect_ratio,
+        skip_bad=data_args.skip_bad_samples,
         check_images=not data_args.skip_image_check,
-    )  # fmt: skip
+    )
     trainer = LLaVATrainer(
         model=model,
         args=training_args,
@@ -259,8 +272,9 @@ def cleanup(run: Setup) -> None:
     if run.trainer.num_truncated:
         logger.warning(
             "%d sample(s) were cut at --model_max_length %d (visual tokens included).",
-            run.trainer.num_truncated, run.trainer.args.model_max_length,
-        )  # fmt: skip
+            run.trainer.num_truncated,
+            run.trainer.args.model_max_length,
+        )
 
 
 def main(argv: list[str] | None = None, attn_implementation: str | None = None) -> Setup:

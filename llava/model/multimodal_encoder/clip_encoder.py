@@ -206,8 +206,13 @@ class CLIPVisionTower(nn.Module):
         # explicit device and dtype: the tower may be built under a meta-device or half-precision default
         blank = {"device": torch.device("cpu"), "dtype": torch.float32}
         keys = torch.randn(1, n, 8, generator=torch.Generator().manual_seed(0), **blank)
-        inputs = ReducerInputs(features=torch.zeros(1, n, 8, **blank), keys=keys, grid=self.grid, values=keys,
-                               attention=torch.full((1, n), 1.0 / n, **blank))  # fmt: skip
+        inputs = ReducerInputs(
+            features=torch.zeros(1, n, 8, **blank),
+            keys=keys,
+            grid=self.grid,
+            values=keys,
+            attention=torch.full((1, n), 1.0 / n, **blank),
+        )
         self._reduce(inputs)
 
     def _reduce(self, inputs: ReducerInputs):

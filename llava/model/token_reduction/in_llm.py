@@ -93,8 +93,9 @@ class InLLMMethod(Protocol):
 
     prune_layers: tuple[int, ...]
 
-    def before_layer(self, layer_idx: int, layer: nn.Module, hidden: torch.Tensor, layer_kwargs: dict,
-                     step: PruneStep) -> None: ...  # fmt: skip
+    def before_layer(
+        self, layer_idx: int, layer: nn.Module, hidden: torch.Tensor, layer_kwargs: dict, step: PruneStep
+    ) -> None: ...
 
     def keep(self, layer_idx: int, hidden: torch.Tensor, step: PruneStep) -> torch.Tensor:
         """``[B, L]`` bool over the current layout: the tokens that go on to the next layer."""
@@ -162,8 +163,9 @@ def _new_mask(allowed: torch.Tensor, attn_implementation: str | None, dtype: tor
     return allowed[:, None]  # SDPA and the others take a boolean mask
 
 
-def slice_layer_inputs(kwargs: dict, layout: PrunedLayout, mode: str, attn_implementation: str | None,
-                       dtype: torch.dtype) -> dict:  # fmt: skip
+def slice_layer_inputs(
+    kwargs: dict, layout: PrunedLayout, mode: str, attn_implementation: str | None, dtype: torch.dtype
+) -> dict:
     """A layer's keyword arguments with mask, position embeddings and position ids on the kept tokens."""
     kwargs = dict(kwargs)
     index, valid = layout.index, layout.valid  # [B, L']
@@ -201,8 +203,10 @@ def slice_layer_inputs(kwargs: dict, layout: PrunedLayout, mode: str, attn_imple
         return kwargs
     if mask.ndim not in (2, 4):
         raise ValueError(f"In-LLM pruning cannot slice an attention mask of shape {tuple(mask.shape)}.")
-    prefix = _block(_gather_seq(mask[..., : layout.full_length], index, -1),
-                    ~valid.view(batch, *[1] * (mask.ndim - 2), kept))  # fmt: skip
+    prefix = _block(
+        _gather_seq(mask[..., : layout.full_length], index, -1),
+        ~valid.view(batch, *[1] * (mask.ndim - 2), kept),
+    )
     rest = mask[..., layout.full_length :].expand(*prefix.shape[:-1], -1)
     kwargs["attention_mask"] = torch.cat([prefix, rest], dim=-1)
     return kwargs
@@ -220,12 +224,20 @@ class InLLMPruning:
             layer.register_forward_hook(partial(self._after, idx), with_kwargs=True)
 
     @contextmanager
-    def forward_step(self, method: InLLMMethod, visual: torch.Tensor | None, valid: torch.Tensor | None,
-                     query_index: int | None) -> Iterator[PruneStep]:  # fmt: skip
+    def forward_step(
+        self,
+        method: InLLMMethod,
+        visual: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        query_index: int | None,
+    ) -> Iterator[PruneStep]:
         """Activates ``method`` for one forward pass of the language model."""
         self.method = method
-        self.step = PruneStep(visual=None if visual is None else visual.bool(),
-                              valid=None if valid is None else valid.bool(), query_index=query_index)  # fmt: skip
+        self.step = PruneStep(
+            visual=None if visual is None else visual.bool(),
+            valid=None if valid is None else valid.bool(),
+            query_index=query_index,
+        )
         try:
             yield self.step
         finally:
