@@ -3,15 +3,22 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests_support import REPO_ROOT
 
 
 def test_skips_for_absent_shared_fixtures_are_counted_in_the_summary(tmp_path):
     env = {**os.environ, "LLAVA_SHARED_DIR": str(tmp_path / "no-shared")}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_prumerge_reference.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/model/test_prumerge_reference.py",
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -28,7 +35,7 @@ def test_skips_for_absent_shared_fixtures_are_counted_in_the_summary(tmp_path):
             "--co",
             "-p",
             "no:cacheprovider",
-            "tests/test_prumerge_reference.py",
+            "tests/model/test_prumerge_reference.py",
         ],
         cwd=REPO_ROOT,
         env=env,

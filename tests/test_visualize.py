@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tests_support import REPO_ROOT
 
 from llava import visualize
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCALE = 2
 
 

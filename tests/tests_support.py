@@ -12,6 +12,7 @@ from llava.mm_utils import tokenizer_image_token
 # The workspace's read-only fixtures (the authors' PruMerge outputs, the real LLaVA-1.5 eval files): the
 # folder "shared" beside the clone, or LLAVA_SHARED_DIR. A user's clone has neither; the tests that need
 # them skip with SHARED_SKIP in their reason, and conftest.py counts those skips in the summary.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLAVA_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
 SHARED_SKIP = "needs the shared fixtures"
 

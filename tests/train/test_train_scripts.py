@@ -10,14 +10,13 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tests_support import REPO_ROOT
 
 from llava.model.builder import checkpoint_kind, load_pretrained_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

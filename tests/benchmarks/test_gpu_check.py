@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests_support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests_support import SHARED, needs_shared
+from tests_support import REPO_ROOT, SHARED, needs_shared
 
 from llava.eval import eval_mme, eval_pope, eval_science_qa, eval_textvqa
 from llava.eval.io import JSONLError, read_jsonl, scores_path, write_scores
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor, TextVQAAccuracyEvaluator
 from llava.eval.vqav2 import build_submission
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = SHARED / "fixtures" / "upstream_eval"
 
 needs_fixtures = needs_shared(FIXTURES, "the official LLaVA-1.5-13B answers")

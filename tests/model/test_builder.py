@@ -2,10 +2,10 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from tests_support import REPO_ROOT
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llava.conversation import get_conv_template
@@ -255,9 +255,7 @@ def test_merge_and_extract_scripts(base_llm, tiny_llava_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     def script(name):
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parents[1] / "scripts" / f"{name}.py"
-        )
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from tests_support import SHARED, shared_reason
+from tests_support import REPO_ROOT, SHARED, shared_reason
 
 from llava.eval import model_vqa_loader, model_vqa_mmbench, model_vqa_science
 from llava.eval.runner import get_chunk, open_for_append, read_answer_file, split_list
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = SHARED / "fixtures" / "upstream_eval"
 POPE_QUESTIONS = UPSTREAM / "pope" / "llava_pope_test.jsonl"
 POPE_ANSWERS = UPSTREAM / "pope" / "answers" / "llava-v1.5-13b.jsonl"

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from tests_support import REPO_ROOT
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH_DIR = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
 import bench_e2e  # noqa: E402

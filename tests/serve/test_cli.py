@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tests_support import REPO_ROOT
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.model.token_reduction import ReductionConfig
 from llava.serve import cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_LINE = re.compile(r"^\[llava\] image: 3 x 336 x 336 -> (\d+) visual tokens \((.+)\)$", re.MULTILINE)
 VICUNA_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "

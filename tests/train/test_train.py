@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from tests_support import REPO_ROOT
 from tests_support import train_args as common_args
 
 from llava.train.train import main
@@ -75,9 +76,8 @@ def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_
 
     merged = tmp_path / "merged"  # save -> merge -> load -> generate
     from importlib.util import module_from_spec, spec_from_file_location
-    from pathlib import Path
 
-    spec = spec_from_file_location("merge", Path(__file__).parents[1] / "scripts" / "merge_lora_weights.py")
+    spec = spec_from_file_location("merge", REPO_ROOT / "scripts" / "merge_lora_weights.py")
     merge = module_from_spec(spec)
     spec.loader.exec_module(merge)
     merge.main(["--model-path", str(out), "--model-base", str(base), "--save-model-path", str(merged)])

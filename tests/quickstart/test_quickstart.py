@@ -8,9 +8,9 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tests_support import REPO_ROOT
 
 from llava.model.builder import checkpoint_kind
 from llava.quickstart.data import DatasetPaths, generate_dataset
@@ -25,7 +25,6 @@ from llava.quickstart.pipeline import (
     spatial_budget,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

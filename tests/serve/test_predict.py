@@ -10,10 +10,10 @@ from types import ModuleType
 import pytest
 import torch
 from PIL import Image
+from tests_support import REPO_ROOT
 
 from llava.model import available_reducers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is in the image?"
 VICUNA_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "

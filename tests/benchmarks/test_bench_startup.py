@@ -2,9 +2,10 @@
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from tests_support import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import bench_startup  # noqa: E402
 

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests_support import SHARED, needs_shared
+from tests_support import REPO_ROOT, SHARED, needs_shared
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts" / "v1_5" / "eval"
 UPSTREAM = SHARED / "fixtures" / "upstream_eval"
 N = 6
