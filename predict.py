@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import get_conv_template
 from llava.dtypes import AUTO, DTYPE_CHOICES, resolve_dtype
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import load_image, process_images
 from llava.model import ReductionConfig, available_reducers
-from llava.serve.cli import generation_kwargs
+from llava.model.token_reduction.args import apply_changes, option_specs, reduction_changes
+from llava.prompting import generation_kwargs, prompt_ids
 
 try:
     from cog import BasePredictor, Input, Path
@@ -48,6 +47,7 @@ DEFAULT_MODEL_PATH = "liuhaotian/llava-v1.5-7b"
 CONV_MODE = "vicuna_v1"
 CHECKPOINT = "checkpoint"  # the token_reduction choice that keeps the checkpoint's own reduction
 REDUCTION_CHOICES = [CHECKPOINT, *available_reducers()]
+REDUCTION_OPTIONS = option_specs()
 
 
 class Predictor(BasePredictor):
@@ -62,7 +62,7 @@ class Predictor(BasePredictor):
 
     def _load(self, dtype: torch.dtype) -> None:
         """(Re)loads the checkpoint in ``dtype``, after freeing the loaded one; remembers its reduction."""
-        from llava.model.builder import load_pretrained_model
+        from llava.model.loader import load_pretrained_model
 
         self.model = self.dtype = None  # a failed load leaves no half-set model; the next call retries
         gc.collect()
@@ -72,9 +72,7 @@ class Predictor(BasePredictor):
             self.model_path, self.model_base, device=self.device, dtype=dtype
         )
         self.dtype = dtype
-        self.checkpoint_reduction = ReductionConfig.from_value(
-            getattr(self.model.config, "mm_token_reduction", None)
-        )
+        self.checkpoint_reduction = ReductionConfig.from_value(self.model.config.mm_token_reduction)
 
     def predict(
         self,
@@ -90,6 +88,7 @@ class Predictor(BasePredictor):
             default=CHECKPOINT,
             choices=REDUCTION_CHOICES,
         ),
+        reduction_budget: int = Input(description=REDUCTION_OPTIONS["budget"].help, default=0, ge=0),
         dtype: str = Input(
             description="Precision: auto = float16 on GPU, float32 on CPU (a change reloads the model)",
             default=AUTO,
@@ -102,7 +101,7 @@ class Predictor(BasePredictor):
             ValueError: an unknown ``token_reduction`` (the message lists the valid ones) or ``dtype``, a
                 bad ``temperature`` / ``top_p`` / ``max_tokens``, or bfloat16 on a GPU without it.
         """
-        reduction = self._reduction(token_reduction)
+        reduction = self._reduction(token_reduction, reduction_budget)
         wanted = resolve_dtype(dtype, self.device, option="dtype")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
@@ -114,16 +113,11 @@ class Predictor(BasePredictor):
             self._load(wanted)
         self.model.set_token_reduction(reduction)
 
-        conv = get_conv_template(CONV_MODE)
-        conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{prompt}")
-        conv.append_message(conv.roles[1], None)
-        input_ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, return_tensors="pt")[None]
+        input_ids = prompt_ids(self.tokenizer, prompt, CONV_MODE, image=True)[None]
         pixels = process_images(
-            [load_image(image)], self.image_processor, getattr(self.model.config, "image_aspect_ratio", "pad")
+            [load_image(image)], self.image_processor, self.model.config.image_aspect_ratio
         )
-        kwargs = generation_kwargs(temperature, max_tokens, self.tokenizer)
-        if temperature > 0:
-            kwargs["top_p"] = top_p
+        kwargs = generation_kwargs(self.tokenizer, max_tokens, temperature, top_p=top_p)
         with torch.inference_mode():
             new_tokens = self.model.generate(
                 input_ids.to(self.model.device),
@@ -132,11 +126,11 @@ class Predictor(BasePredictor):
             )
         return self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
 
-    def _reduction(self, name: str) -> ReductionConfig:
-        """The reduction for the ``token_reduction`` choice ``name`` (the CLI's override semantics)."""
-        if name == CHECKPOINT:
-            return self.checkpoint_reduction
+    def _reduction(self, name: str, budget: int = 0) -> ReductionConfig:
+        """The reduction for the ``token_reduction`` choice ``name`` and ``reduction_budget`` (the CLI's
+        ``--token-reduction`` / ``--reduction-budget`` semantics: 0 keeps the method's own count)."""
         valid = [CHECKPOINT, *available_reducers()]  # also reducers registered after import
         if name not in valid:
             raise ValueError(f"Unknown token_reduction {name!r}; valid choices are: {', '.join(valid)}.")
-        return self.checkpoint_reduction.replace(method=name)
+        given = {"token_reduction": None if name == CHECKPOINT else name, "reduction_budget": budget or None}
+        return apply_changes(self.checkpoint_reduction, reduction_changes(given))

@@ -52,7 +52,6 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,17 +59,21 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llava.analysis import DEVICES, LLM_PRESETS, estimate, spec_from_config
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.token_reduction import ReducerInputs, ReductionConfig
+from llava.prompting import left_pad
+from llava.tiny import llava_mm_fields, tiny_clip_config
 
-from bench_tower import DTYPES, describe, machine_info, token_stats, vit_l_336_config  # noqa: E402
-from bench_train import RssSampler  # noqa: E402
-
-from llava.analysis import DEVICES, LLM_PRESETS, estimate, spec_from_config  # noqa: E402
-from llava.constants import IMAGE_TOKEN_INDEX  # noqa: E402
-from llava.model import LlavaConfig, LlavaLlamaForCausalLM  # noqa: E402
-from llava.model.token_reduction import ReducerInputs, ReductionConfig  # noqa: E402
-from llava.tiny import llava_mm_fields, tiny_clip_config  # noqa: E402
+# run as a script (python benchmarks/bench_e2e.py), this folder is sys.path[0]; imported as
+# benchmarks.bench_e2e (the tests), the siblings are in the benchmarks package
+if __package__:
+    from .bench_tower import DTYPES, describe, machine_info, token_stats, vit_l_336_config
+    from .bench_train import RssSampler
+else:
+    from bench_tower import DTYPES, describe, machine_info, token_stats, vit_l_336_config
+    from bench_train import RssSampler
 
 #: Language-model shapes of each ``--shape`` and the ``llava.analysis`` preset of the full model.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -241,14 +244,9 @@ def make_prompts(count: int, text_tokens: int, vocab: int, seed: int) -> list[li
     return prompts
 
 
-def left_pad(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of ``prompts``, left padded with ``PAD_ID``."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
+def padded_batch(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``prompts``, left padded with ``PAD_ID`` (as every front end)."""
+    ids, mask = left_pad(prompts, PAD_ID)
     return ids.to(device), mask.to(device)
 
 
@@ -424,7 +422,7 @@ class Runner:
         self.tower_none_ms: list[float] = []
 
     def generate(self, indices: list[int]) -> dict[str, Any]:
-        ids, mask = left_pad([self.prompts[i] for i in indices], self.device)
+        ids, mask = padded_batch([self.prompts[i] for i in indices], self.device)
         return run_once(
             self.model, self.clock, ids, mask, self.pixels[indices], self.args.new_tokens, self.device
         )
@@ -476,7 +474,7 @@ class Runner:
 
     def prefill(self) -> dict[str, Any]:
         """One language-model forward on the first image's spliced prompt (KV cache, last logits)."""
-        ids, mask = left_pad(self.prompts[:1], self.device)
+        ids, mask = padded_batch(self.prompts[:1], self.device)
         spliced = self.model.prepare_multimodal_inputs(ids, mask, self.pixels[:1], padding_side="left")
 
         def forward() -> Any:

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tower import DTYPES, Bench, build_tower, machine_info, reducer_inputs, token_stats  # noqa: E402
+from llava.model.token_reduction import ReductionConfig, available_reducers, get_reducer, reduce
 
-from llava.model.token_reduction import ReductionConfig, available_reducers, get_reducer, reduce  # noqa: E402
+# run as a script (python benchmarks/bench_reducers.py), this folder is sys.path[0]; imported as
+# benchmarks.bench_reducers (the tests), the siblings are in the benchmarks package
+if __package__:
+    from .bench_tower import DTYPES, Bench, build_tower, machine_info, reducer_inputs, token_stats
+else:
+    from bench_tower import DTYPES, Bench, build_tower, machine_info, reducer_inputs, token_stats
 
 
 def methods(budget: int) -> list[ReductionConfig]:

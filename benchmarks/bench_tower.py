@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,11 +45,9 @@ import torch
 import transformers
 from transformers import CLIPVisionConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from llava.model.multimodal_encoder.builder import build_vision_tower  # noqa: E402
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower  # noqa: E402
-from llava.model.token_reduction import ReducerInputs, ReductionConfig, reduce  # noqa: E402
+from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.token_reduction import ReducerInputs, ReductionConfig, reduce
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -51,15 +51,17 @@ from typing import Any
 import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+from llava.tiny import llava_mm_fields, tiny_clip_config
+from llava.train.train import add_lora
 
-from bench_tower import DTYPES, describe, machine_info, token_stats  # noqa: E402
-
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
-from llava.model import LlavaConfig, LlavaLlamaForCausalLM  # noqa: E402
-from llava.tiny import llava_mm_fields, tiny_clip_config  # noqa: E402
-from llava.train.train import add_lora  # noqa: E402
+# run as a script (python benchmarks/bench_train.py), this folder is sys.path[0]; imported as
+# benchmarks.bench_train (the tests), the siblings are in the benchmarks package
+if __package__:
+    from .bench_tower import DTYPES, describe, machine_info, token_stats
+else:
+    from bench_tower import DTYPES, describe, machine_info, token_stats
 
 #: Reducer settings compared, as ``mm_token_reduction`` dicts.
 METHODS: list[dict[str, Any]] = [

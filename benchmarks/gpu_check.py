@@ -90,21 +90,11 @@ def set_reducer(model, name: str, pixels: torch.Tensor) -> None:
 
 def prompts(tokenizer, device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Left-padded ids and mask ``[B, T]`` of :data:`QUESTIONS`, and each prompt alone."""
-    from llava.conversation import get_conv_template
-    from llava.mm_utils import tokenizer_image_token
+    from llava.prompting import left_pad, prompt_ids
 
-    singles = []
-    for question in QUESTIONS:
-        conv = get_conv_template("vicuna_v1")
-        conv.append_message(conv.roles[0], "<image>\n" + question)
-        conv.append_message(conv.roles[1], None)
-        singles.append(tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt").to(device))
-    width = max(len(s) for s in singles)
-    ids = torch.zeros(len(singles), width, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(singles):
-        ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
-    return ids, mask, singles
+    singles = [prompt_ids(tokenizer, question, "vicuna_v1", image=True) for question in QUESTIONS]
+    ids, mask = left_pad(singles)
+    return ids.to(device), mask.to(device), [s.to(device) for s in singles]
 
 
 @torch.no_grad()
@@ -143,7 +133,7 @@ def check_reducer(model, ids, mask, singles, pixels) -> dict[str, Any]:
 
 
 def inference(ctx: dict[str, Any]) -> dict[str, Any]:
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
     from llava.model.token_reduction import available_reducers
 
     out: dict[str, Any] = {}
@@ -166,7 +156,7 @@ def inference(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def fastv_sdpa(ctx: dict[str, Any]) -> dict[str, Any]:
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
     from llava.model.token_reduction.in_llm import find_cache
 
     dtype = getattr(torch, ctx["dtypes"][-1])

@@ -54,21 +54,34 @@ class Conversation:
         self.messages.append([role, message])
 
     def get_prompt(self) -> str:
-        """Render the conversation into the prompt string the model sees.
+        """Render the conversation into the prompt string the model sees (the text of :meth:`render`).
+
+        Returns:
+            The prompt string (``<image>`` stays a literal; see ``mm_utils.tokenizer_image_token``).
+        """
+        return self.render()[0]
+
+    def render(self) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt string and, for each message, the character span ``[begin, end)`` it occupies.
+
+        One renderer for inference (the prompt) and training (the spans of the answers are the loss).
 
         ``TWO``: ``{system} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT:`` -- the system text and
         ``sep``, then each turn as ``ROLE: text`` followed by ``sep`` after user turns and ``sep2`` after
-        assistant turns; an empty turn (``None`` or ``""``) renders ``ROLE:`` with no trailing space.
+        assistant turns; an open turn (``None``) renders ``ROLE:`` with no trailing space, an empty one
+        (``""``) ``ROLE: `` and its separator, as training renders an empty answer. A message's
+        span starts at the space after ``ROLE:`` and ends after its separator (Llama's tokenizers fold
+        that space into the message's first token, so a token-level label never straddles the boundary).
         If the first turn contains ``<image>``, every ``<image>`` is removed from it, the rest is
         stripped and ``<image>\\n`` is put in front, so the image always comes first.
 
-        ``PLAIN``: each turn's text followed by ``sep``; no system text, no roles, empty turns render
+        ``PLAIN``: each turn's text followed by ``sep``; no system text, no roles, open turns render
         nothing. A first turn containing ``<image>`` renders as exactly ``<image>`` with no separator
         (its other text is dropped), so ``[<image>, caption]`` gives ``<image>caption\\n``, the text of
         upstream's pretraining samples.
 
         Returns:
-            The prompt string (``<image>`` stays a literal; see ``mm_utils.tokenizer_image_token``).
+            ``(prompt, spans)`` with one span per message (an empty one for an open turn).
         """
         if self.sep_style == SeparatorStyle.TWO:
             return self._render_two()
@@ -84,23 +97,29 @@ class Conversation:
             messages[0][1] = f"{DEFAULT_IMAGE_TOKEN}\n{text}"
         return messages
 
-    def _render_two(self) -> str:
+    def _render_two(self) -> tuple[str, list[tuple[int, int]]]:
         if self.sep2 is None:
             raise ValueError("SeparatorStyle.TWO needs sep2 (the end-of-answer separator)")
         seps = (self.sep, self.sep2)
-        prompt = self.system + self.sep
+        prompt, spans = self.system + self.sep, []
         for i, (role, text) in enumerate(self._image_first_messages()):
-            prompt += f"{role}: {text}{seps[i % 2]}" if text else f"{role}:"
-        return prompt
+            prompt += f"{role}:"
+            begin = len(prompt)
+            if text is not None:
+                prompt += f" {text}{seps[i % 2]}"
+            spans.append((begin, len(prompt)))
+        return prompt, spans
 
-    def _render_plain(self) -> str:
-        prompt = ""
+    def _render_plain(self) -> tuple[str, list[tuple[int, int]]]:
+        prompt, spans = "", []
         for i, (_, text) in enumerate(self.messages):
+            begin = len(prompt)
             if i == 0 and text and DEFAULT_IMAGE_TOKEN in text:
                 prompt += DEFAULT_IMAGE_TOKEN
-            elif text:
+            elif text is not None:
                 prompt += text + self.sep
-        return prompt
+            spans.append((begin, len(prompt)))
+        return prompt, spans
 
 
 conv_vicuna_v1 = Conversation(

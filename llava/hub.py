@@ -6,7 +6,7 @@ Usage::
         --repo-id user/name [--private] [--dry-run] [--token T] [--in-place]
 
 Steps: recognise the checkpoint (full, LoRA or projector-only, by its files, as
-:func:`llava.model.builder.checkpoint_kind`), read the evaluation table written by
+:func:`llava.model.loader.checkpoint_kind`), read the evaluation table written by
 ``python -m llava.eval.report --json report.json``, write a model card ``README.md`` (into a staging
 copy of the folder made of hard links, or into the folder itself with ``--in-place``), check the
 staged folder loads with ``load_pretrained_model`` on the CPU, then ``HfApi.create_repo`` +
@@ -95,7 +95,7 @@ def read_json_file(path: Path, what: str) -> Any:
 
 def inspect_checkpoint(folder: Path) -> tuple[str, dict[str, Any]]:
     """``(kind, raw config.json)`` of a checkpoint folder; a clear error when it is none."""
-    from llava.model.builder import checkpoint_kind
+    from llava.model.loader import checkpoint_kind
 
     if not folder.is_dir():
         raise ReleaseError(f"--model-path {folder} is not a folder; pass the trained checkpoint folder")
@@ -269,7 +269,7 @@ def usage_section(repo_id: str, kind: str, base: str | None) -> str:
     return (
         "## How to use\n\nWith the LLaVA-1.5 + PruMerge codebase (`pip install -e .`); the token reduction "
         "recorded in the config is applied on load.\n\n```python\n"
-        "from llava.model.builder import load_pretrained_model\n\n"
+        "from llava.model.loader import load_pretrained_model\n\n"
         f'tokenizer, model, image_processor, context_len = load_pretrained_model("{repo_id}"{base_arg})\n'
         "```\n\nCommand line:\n\n```bash\n"
         f"python -m llava.serve.cli --model-path {repo_id}{base_flag} --image-file view.jpg "
@@ -394,7 +394,7 @@ def check_loadable(folder: Path, base: str | None) -> None:
     """Loads the folder with ``load_pretrained_model`` on the CPU (bfloat16, to halve the memory)."""
     import torch
 
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     try:
         loaded = load_pretrained_model(str(folder), base, device="cpu", dtype=torch.bfloat16)

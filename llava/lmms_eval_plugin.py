@@ -18,7 +18,6 @@ the same three abstract methods, so it can still be built and tested.
 from __future__ import annotations
 
 import abc
-import argparse
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -28,10 +27,17 @@ import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.dtypes import AUTO, resolve_dtype
-from llava.eval.runner import Loaded, build_prompt, generation_kwargs, left_pad
-from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.token_reduction.args import reduction_from_args
-from llava.model.token_reduction.config import ReductionConfig
+from llava.eval.runner import Loaded
+from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.model.token_reduction.args import reduction_changes, reduction_keys
+from llava.prompting import (
+    batch_prompt_ids,
+    build_prompt,
+    generation_kwargs,
+    left_pad,
+    pad_token_id,
+    prompt_ids,
+)
 
 MODEL_ID = "llava_prumerge"
 NO_IMAGES = torch.zeros(0, 3, 1, 1)
@@ -155,16 +161,11 @@ def parse_batch_size(value: Any) -> int:
     return parse_int(value, "batch_size", minimum=1)
 
 
-def reduction_flags(
-    token_reduction: Any, reduction_variant: Any, reduction_form: Any, reduction_budget: Any
-) -> argparse.Namespace:
-    """The four reduction ``--model_args`` as the CLI's ``--token-reduction`` flags."""
-    return argparse.Namespace(
-        token_reduction=parse_optional(token_reduction),
-        reduction_variant=parse_optional(reduction_variant),
-        reduction_form=parse_optional(reduction_form),
-        reduction_budget=parse_int(reduction_budget, "reduction_budget", minimum=0),
-    )
+def pop_reduction_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """Removes the reduction's keys (``token_reduction``, ``reduction_budget``, ... one per option of
+    ``ReductionConfig``) from ``model_args`` and returns them as changes to the recorded reduction."""
+    given = {key: parse_optional(model_args.pop(key)) for key in reduction_keys() & set(model_args)}
+    return reduction_changes(given)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +238,9 @@ class LlavaPruMerge(_LmmsBase):
     Args (strings as lmms-eval passes ``--model_args``; ``"None"`` means None):
         pretrained: checkpoint folder or Hub id.
         model_base: base LLM for LoRA and projector-only checkpoints.
-        token_reduction, reduction_variant, reduction_form, reduction_budget: override the checkpoint's
-            reduction, as the CLI's ``--token-reduction`` / ``--reduction-*`` flags.
+        token_reduction, reduction_variant, reduction_budget, reduction_ratio, ...: one key per option of
+            the token reduction (the CLI's ``--token-reduction`` / ``--reduction-*`` flags with
+            underscores), changing the checkpoint's recorded reduction.
         conv_template: conversation template (``vicuna_v1`` for LLaVA-1.5).
         batch_size: requests per forward pass.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: CUDA when available).
@@ -250,31 +252,30 @@ class LlavaPruMerge(_LmmsBase):
         self,
         pretrained: str,
         model_base: str | None = None,
-        token_reduction: str | None = None,
-        reduction_variant: str | None = None,
-        reduction_form: str | None = None,
-        reduction_budget: int | str | None = None,
         conv_template: str = "vicuna_v1",
         batch_size: int | str = 1,
         device: str | None = None,
         dtype: str | None = AUTO,
         max_new_tokens: int | str = 128,
-        **unused: Any,
+        **model_args: Any,
     ) -> None:
         from llava.conversation import get_conv_template
-        from llava.model.builder import load_pretrained_model
+        from llava.model.loader import load_pretrained_model
 
         super().__init__()
         self._rank, self._world_size = 0, 1
         self.task_dict = getattr(self, "task_dict", {})
-        unused.pop("max_batch_size", None)  # lmms-eval passes it to every model
-        if unused:
-            raise TypeError(f"llava_prumerge: unknown model_args {sorted(unused)}.")
+        model_args.pop("max_batch_size", None)  # lmms-eval passes it to every model
+        changes = pop_reduction_args(model_args)
+        if model_args:
+            raise TypeError(
+                f"llava_prumerge: unknown model_args {sorted(model_args)}; the token reduction's are "
+                f"{sorted(reduction_keys())}."
+            )
         get_conv_template(conv_template)  # fails early on an unknown name
         self.conv_template = conv_template
         self.batch_size_per_gpu = parse_batch_size(batch_size)
         self.max_new_tokens = parse_int(max_new_tokens, "max_new_tokens", minimum=1) or 128
-        flags = reduction_flags(token_reduction, reduction_variant, reduction_form, reduction_budget)
         pretrained, device = str(pretrained), parse_optional(device)
         model_name = get_model_name_from_path(pretrained)
         tokenizer, model, processor, _ = load_pretrained_model(
@@ -283,10 +284,9 @@ class LlavaPruMerge(_LmmsBase):
             model_name,
             device=device,
             dtype=parse_dtype(dtype, device),
+            reduction_changes=changes,
         )
-        recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
-        override = reduction_from_args(recorded, flags)
-        self.reduction = model.set_token_reduction(override) if override is not None else recorded
+        self.reduction = model.token_reduction
         self.loaded = Loaded(tokenizer, model, processor, model_name)
 
     @property
@@ -325,7 +325,7 @@ class LlavaPruMerge(_LmmsBase):
         """Preprocessed images ``[I, 3, H, W]`` (``[0, 3, 1, 1]`` for none)."""
         if not images:
             return NO_IMAGES
-        aspect = getattr(self.model.config, "image_aspect_ratio", "pad")
+        aspect = self.model.config.image_aspect_ratio
         return process_images(images, self.loaded.image_processor, aspect)
 
     def _prompt(self, context: str, num_images: int) -> str:
@@ -361,14 +361,14 @@ class LlavaPruMerge(_LmmsBase):
             temperature = 0.0
         elif gen_kwargs.get("do_sample") and temperature == 0:
             temperature = 1.0
-        args = argparse.Namespace(
+        return generation_kwargs(
+            self.tokenizer,
             max_new_tokens=parse_int(gen_kwargs.get("max_new_tokens"), "max_new_tokens", 1)
             or self.max_new_tokens,
             temperature=temperature,
             top_p=parse_optional(gen_kwargs.get("top_p")),
             num_beams=parse_int(gen_kwargs.get("num_beams"), "num_beams", 1) or 1,
         )
-        return generation_kwargs(args, self.tokenizer)
 
     @torch.no_grad()
     def _generate(self, requests: list, kwargs: dict[str, Any]) -> list[str]:
@@ -379,10 +379,7 @@ class LlavaPruMerge(_LmmsBase):
             visuals = self._visuals(doc_to_visual, doc_id, task, split)
             prompts.append(self._prompt(context, len(visuals)))
             images.extend(visuals)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, mask = left_pad(
-            [tokenizer_image_token(p, self.tokenizer, return_tensors="pt") for p in prompts], pad
-        )
+        ids, mask = batch_prompt_ids(self.tokenizer, prompts)
         model = self.model
         pixels = self._pixels(images).to(model.device, model.dtype)
         # LlavaLlamaForCausalLM.generate splices the images itself (and passes FastV its visual mask)
@@ -419,18 +416,15 @@ class LlavaPruMerge(_LmmsBase):
         if isinstance(continuation, (list, tuple)):
             continuation = continuation[0]
         visuals = self._visuals(doc_to_visual, doc_id, task, split)
-        prompt_ids = tokenizer_image_token(
-            self._prompt(context, len(visuals)), self.tokenizer, return_tensors="pt"
-        )
+        ids = prompt_ids(self.tokenizer, user_turn(context, len(visuals)), self.conv_template)
         answer = self.tokenizer(str(continuation), add_special_tokens=False)["input_ids"]
-        return prompt_ids, torch.tensor(answer, dtype=torch.long), visuals
+        return ids, torch.tensor(answer, dtype=torch.long), visuals
 
     @torch.no_grad()
     def _score(self, requests: list) -> list[tuple[float, bool]]:
         """Scores one batch: one forward pass over prompt + continuation, left padded."""
         parts = [self._score_inputs(r) for r in requests]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, mask = left_pad([torch.cat([p, a]) for p, a, _ in parts], pad)
+        ids, mask = left_pad([torch.cat([p, a]) for p, a, _ in parts], pad_token_id(self.tokenizer))
         pixels = self._pixels([image for _, _, visuals in parts for image in visuals])
         model = self.model
         inputs = model.prepare_multimodal_inputs(

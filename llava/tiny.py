@@ -2,6 +2,8 @@
 
 They run the same code paths as LLaVA-1.5-7B (only sizes differ), with random weights. Tests,
 benchmarks and the quickstart build them; ``python -m llava.tiny --out DIR`` writes one to disk.
+This module builds toys on top of the library; the library never imports it (the checkpoint fields and
+the image processor it writes come from :mod:`llava.model.checkpoint_format`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Any
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+from llava.model.checkpoint_format import llava_mm_fields, save_image_processor
 
 DEFAULT_CORPUS = [
     "What is in the image? Describe it in detail.",
@@ -45,21 +46,6 @@ def tiny_clip_config(
         hidden_act="quick_gelu",
         projection_dim=hidden_size,
     )
-
-
-def save_image_processor(out_dir: str | Path, image_size: int = 336) -> None:
-    """Writes a CLIP-336-style ``preprocessor_config.json`` (bicubic resize, centre crop, OpenAI mean/std)."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-        resample=3,
-        do_center_crop=True,
-    )
-    processor.save_pretrained(out_dir)
 
 
 def save_tiny_clip(out_dir: str | Path, seed: int = 0, qk_scale: float = 8.0, **config: Any) -> Path:
@@ -137,27 +123,6 @@ def build_tiny_llava(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model.eval(), tokenizer
-
-
-def llava_mm_fields(
-    vision_tower: str, mm_hidden_size: int, projector_type: str = "mlp2x_gelu"
-) -> dict[str, Any]:
-    """The upstream ``mm_*`` config fields of a LLaVA-1.5 checkpoint."""
-    return {
-        "mm_vision_tower": vision_tower,
-        "mm_hidden_size": mm_hidden_size,
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_projector_type": projector_type,
-        "mm_use_im_start_end": False,
-        "mm_use_im_patch_token": False,
-        "image_aspect_ratio": "pad",
-        "mm_patch_merge_type": "flat",
-        "tokenizer_model_max_length": 2048,
-        "tokenizer_padding_side": "right",
-        "use_mm_proj": True,
-        "tune_mm_mlp_adapter": False,
-    }
 
 
 TRAIN_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}

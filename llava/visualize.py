@@ -38,9 +38,9 @@ from PIL import Image, ImageDraw
 
 from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import load_image, process_images
-from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
+from llava.model.token_reduction import outlier_count
+from llava.model.token_reduction.args import add_reduction_args, reduction_changes
 from llava.model.token_reduction.config import ReductionConfig
-from llava.model.token_reduction.reducers import outlier_count
 
 USAGE_ERROR = 2
 MERGING_METHODS = ("prumerge", "prumerge_plus")
@@ -286,17 +286,19 @@ def image_record(name: str, png: Path, report: ImageReport, iqr_scale: float) ->
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any, ReductionConfig]:
     """Loads the checkpoint in ``--dtype`` and applies the ``--token-reduction`` / ``--reduction-*`` flags."""
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     dtype = resolve_dtype(args.dtype, args.device)
     _, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, device=args.device, dtype=dtype
+        args.model_path,
+        args.model_base,
+        device=args.device,
+        dtype=dtype,
+        reduction_changes=reduction_changes(args),
     )
     if model.get_vision_tower() is None:
         raise ValueError(f"{args.model_path} has no vision tower: nothing to visualise.")
-    recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
-    override = reduction_from_args(recorded, args)
-    reduction = model.set_token_reduction(override) if override is not None else recorded
+    reduction = model.token_reduction
     return model, image_processor, reduction
 
 
@@ -309,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resolve_dtype(args.dtype, args.device)  # likewise an unusable --dtype / --device
     images = [load_image(name) for name in args.image_file]
     model, image_processor, reduction = load_model(args)
-    pixels = process_images(images, image_processor, getattr(model.config, "image_aspect_ratio", "pad"))
+    pixels = process_images(images, image_processor, model.config.image_aspect_ratio)
     reports = analyse(model, pixels, image_processor)
     pngs, json_path = output_paths(args)
     grid = model.get_vision_tower().grid

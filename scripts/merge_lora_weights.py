@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from llava.model.builder import load_pretrained_model
+from llava.model.loader import load_pretrained_model
 
 
 def main(argv: list[str] | None = None) -> None:

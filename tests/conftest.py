@@ -42,7 +42,7 @@ def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_llava_dir: Path):
     """``(tokenizer, model)`` loaded from :func:`tiny_llava_dir` on CPU in float32."""
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     tokenizer, model, _, _ = load_pretrained_model(str(tiny_llava_dir), device="cpu")
     return tokenizer, model

@@ -125,3 +125,30 @@ def test_unknown_role_and_template_raise():
 )
 def test_conv_mode_for_model(model_name: str, expected: str):
     assert conv_mode_for_model(model_name) == expected
+
+
+def test_render_gives_each_message_its_span():
+    conv = get_conv_template("vicuna_v1")
+    for role, text in [("USER", "<image>\nQ1"), ("ASSISTANT", "A1"), ("USER", "Q2"), ("ASSISTANT", None)]:
+        conv.append_message(role, text)
+    prompt, spans = conv.render()
+    assert prompt == conv.get_prompt()
+    assert [prompt[a:b] for a, b in spans] == [" <image>\nQ1 ", " A1</s>", " Q2 ", ""]
+    assert spans[-1] == (len(prompt), len(prompt))  # the open turn ends the prompt
+
+
+def test_an_empty_message_is_a_closed_turn_and_none_an_open_one():
+    conv = get_conv_template("vicuna_v1")
+    conv.append_message("USER", "Q")
+    conv.append_message("ASSISTANT", "")
+    conv.append_message("USER", "Q2")
+    conv.append_message("ASSISTANT", None)
+    assert conv.get_prompt() == f"{VICUNA_SYSTEM} USER: Q ASSISTANT: </s>USER: Q2 ASSISTANT:"
+
+
+def test_plain_spans_are_the_image_and_the_caption():
+    conv = get_conv_template("plain")
+    conv.append_message("", "<image>\nignored")
+    conv.append_message("", "A cat.")
+    prompt, spans = conv.render()
+    assert [prompt[a:b] for a, b in spans] == ["<image>", "A cat.\n"]

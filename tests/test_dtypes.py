@@ -21,16 +21,16 @@ def no_bf16_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def loaded_models(monkeypatch: pytest.MonkeyPatch) -> list:
     """The models ``load_pretrained_model`` returns during a test: the real loader runs, each model is kept."""
-    from llava.model import builder
+    from llava.model import loader
 
-    real, models = builder.load_pretrained_model, []
+    real, models = loader.load_pretrained_model, []
 
     def keep(*args, **kwargs):
         result = real(*args, **kwargs)
         models.append(result[1])
         return result
 
-    monkeypatch.setattr(builder, "load_pretrained_model", keep)
+    monkeypatch.setattr(loader, "load_pretrained_model", keep)
     return models
 
 

@@ -50,7 +50,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def tower_run(ckpt: Path, images: list[Path]):
     """``(model, processor, pixels, tower output)`` computed independently of the tool."""
     from llava.mm_utils import process_images
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     _, model, processor, _ = load_pretrained_model(str(ckpt), device="cpu")
     pixels = process_images([Image.open(p) for p in images], processor, "pad")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava.conversation import get_conv_template
-from llava.mm_utils import tokenizer_image_token
+from llava import prompting
+from llava.prompting import left_pad as pad_left  # noqa: F401 - the tests' name for the one left padding
 
 # The workspace's read-only fixtures (the authors' PruMerge outputs, the real LLaVA-1.5 eval files): the
 # folder "shared" beside the clone, or LLAVA_SHARED_DIR. A user's clone has neither; the tests that need
@@ -27,21 +27,8 @@ def needs_shared(folder: Path, what: str) -> pytest.MarkDecorator:
 
 
 def prompt_ids(tokenizer, question: str, image: bool = True) -> torch.Tensor:
-    """The vicuna_v1 generation prompt for ``question`` (with ``<image>`` first), tokenised."""
-    conv = get_conv_template("vicuna_v1")
-    conv.append_message(conv.roles[0], ("<image>\n" if image else "") + question)
-    conv.append_message(conv.roles[1], None)
-    return tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")
-
-
-def pad_left(seqs: list[torch.Tensor], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids ``[B, T]`` and attention mask."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), value, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :], mask[i, width - len(s) :] = s, 1
-    return ids, mask
+    """The vicuna_v1 generation prompt for ``question`` (with ``<image>`` first), tokenised, as inference builds it."""
+    return prompting.prompt_ids(tokenizer, question, "vicuna_v1", image=image)
 
 
 def train_args(root, base, clip, out, *extra) -> list[str]:

@@ -22,7 +22,8 @@ equals one, else "yes" when its first 4 characters contain "yes", else "no" when
 images whose questions (two per image in MME) are all right, ``score`` = 100·acc + 100·acc_plus.
 ``perception_score`` sums the 10 perception subtasks (max 2000; the number LLaVA-1.5 publishes
 as MME) and ``cognition_score`` the 4 cognition subtasks (max 800). Printed and written beside the
-result file as ``<result stem>.scores.json``.
+result file as ``<result stem>.scores.json``, headed by ``"benchmark": "mme"`` and
+``"headline": "perception_score"`` (see :data:`BENCHMARK`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from llava.eval.benchmarks import SHORT_ANSWER_SUFFIX, Benchmark, register
 from llava.eval.io import read_jsonl, write_scores
 
-LLAVA_SUFFIX = "Answer the question using a single word or phrase."
+LLAVA_SUFFIX = SHORT_ANSWER_SUFFIX
 MME_SUFFIX = " Please answer yes or no."
 MME_SUFFIX_DOUBLE_SPACE = "  Please answer yes or no."
 PERCEPTION = (
@@ -215,6 +217,24 @@ def eval_mme(mme_dir: str | Path, result_file: str | Path, output_dir: str | Pat
     return score_mme(read_mme_results(output_dir, converted))
 
 
+BENCHMARK = register(
+    Benchmark(
+        name="mme",
+        column="MME",
+        metric="perception_score",
+        metric_name="Perception total: sum over the 10 perception subtasks of 100*acc + 100*acc+ "
+        "(max 2000; a missing subtask adds 0)",
+        runner="llava.eval.model_vqa_loader",
+        scorer="llava.eval.eval_mme",
+        script="mme.sh",
+        table1=4,
+        prompt_suffix=SHORT_ANSWER_SUFFIX,
+        parse_answer=parse_yes_no_other,
+        legacy_keys=("perception_score",),
+    )
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -224,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--result-file", required=True, help="the model's answers (JSONL)")
     parser.add_argument("--output-dir", default=None, help="where <category>.txt go (default: <stem>_mme)")
     args = parser.parse_args(argv)
-    scores = eval_mme(args.mme_dir, args.result_file, args.output_dir)
+    scores = BENCHMARK.stamp(eval_mme(args.mme_dir, args.result_file, args.output_dir))
     print_scores(scores)
     print(f"scores written to {write_scores(args.result_file, scores)}")
     return scores

@@ -18,7 +18,8 @@ negative, any other label positive.
 Per category the scorer prints TP/FP/TN/FN, accuracy, precision, recall, F1 and yes-ratio (all
 fractions), then ``mean_f1_percent`` = mean F1 over the categories ×100, the number LLaVA-1.5
 publishes as POPE. The figures are also written beside the result file as
-``<result stem>.scores.json`` (see :mod:`llava.eval.io`).
+``<result stem>.scores.json`` (see :mod:`llava.eval.io`), headed by ``"benchmark": "pope"`` and
+``"headline": "mean_f1_percent"`` (see :data:`BENCHMARK`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llava.eval.benchmarks import SHORT_ANSWER_SUFFIX, Benchmark, register
 from llava.eval.io import read_jsonl, write_scores
 
 LABEL_PREFIX = "coco_pope_"
@@ -128,6 +130,24 @@ def print_scores(scores: dict) -> None:
     print(f"mean accuracy x100: {scores['mean_accuracy_percent']:.2f}")
 
 
+BENCHMARK = register(
+    Benchmark(
+        name="pope",
+        column="POPE",
+        metric="mean_f1_percent",
+        metric_name="mean over the label files' categories (adversarial, popular, random) of the F1 "
+        "score with 'yes' as the positive class, x100",
+        runner="llava.eval.model_vqa_loader",
+        scorer="llava.eval.eval_pope",
+        script="pope.sh",
+        table1=3,
+        prompt_suffix=SHORT_ANSWER_SUFFIX,
+        parse_answer=parse_yes_no,
+        legacy_keys=("mean_f1_percent",),
+    )
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -135,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--question-file", required=True, help="llava_pope_test.jsonl")
     parser.add_argument("--result-file", required=True, help="the model's answers (JSONL)")
     args = parser.parse_args(argv)
-    scores = eval_pope(args.annotation_dir, args.question_file, args.result_file)
+    scores = BENCHMARK.stamp(eval_pope(args.annotation_dir, args.question_file, args.result_file))
     print_scores(scores)
     print(f"scores written to {write_scores(args.result_file, scores)}")
     return scores

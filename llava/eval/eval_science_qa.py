@@ -22,7 +22,11 @@ Outputs: ``--output-file`` gets the per-question records (a JSON list in split o
 ``--output-result`` gets ``{"acc", "correct", "count", "results": {id: parsed option index or -1},
 "outputs": {id: raw answer}}``, the layout of the official ``*_result.json``. The figures (overall
 accuracy and IMG accuracy, i.e. over items whose prompt has an image — the number LLaVA-1.5
-publishes) are printed and written beside the result file as ``<result stem>.scores.json``.
+publishes) are printed and written beside the result file as ``<result stem>.scores.json``, headed by
+``"benchmark": "sqa"`` and ``"headline": "img_accuracy_percent"`` (see :data:`BENCHMARK`).
+``failed_to_parse`` counts the items from which no option letter was read, *including* the
+unanswered ones (upstream scores a missing answer as the text ``FAILED``); ``unanswered`` counts
+those alone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava.eval.benchmarks import OPTION_LETTER_SUFFIX, Benchmark, register
 from llava.eval.io import read_json, read_jsonl, write_json, write_scores
 
 OPTION_LETTERS = ("A", "B", "C", "D", "E")
@@ -180,6 +185,7 @@ def eval_science_qa(
     answers = {str(answer["question_id"]): answer for answer in read_jsonl(result_file)}
     scored = score_answers(split_ids, items, answers)
     scores = summarise(scored["records"])
+    scores["unanswered"] = sum(pid not in answers for pid in split_ids)
     result = {
         "acc": scores["accuracy_percent"],
         "correct": scores["correct"],
@@ -188,6 +194,26 @@ def eval_science_qa(
         "outputs": scored["outputs"],
     }
     return {"scores": scores, "records": scored["records"], "result": result}
+
+
+BENCHMARK = register(
+    Benchmark(
+        name="sqa",
+        column="SQA-IMG",
+        metric="img_accuracy_percent",
+        metric_name="accuracy x100 on the test items whose prompt has an image (2,017 of 4,241); "
+        "an unanswered item counts as wrong",
+        runner="llava.eval.model_vqa_science",
+        scorer="llava.eval.eval_science_qa",
+        script="sqa.sh",
+        table1=1,
+        prompt_suffix=OPTION_LETTER_SUFFIX["en"],
+        suffix_flag="--single-pred-prompt",
+        max_new_tokens=1024,
+        parse_answer=parse_option_letter,
+        legacy_keys=("img_accuracy_percent",),
+    )
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -203,13 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split", default="test", help="key of pid_splits.json (default: test)")
     args = parser.parse_args(argv)
     evaluation = eval_science_qa(args.base_dir, args.result_file, args.question_file, args.split)
-    scores = evaluation["scores"]
+    scores = BENCHMARK.stamp(evaluation["scores"])
     write_json(args.output_file, evaluation["records"])
     write_json(args.output_result, evaluation["result"])
     print(
         f"Total: {scores['count']}, Correct: {scores['correct']}, Accuracy: {scores['accuracy_percent']:.2f}%, "
         f"IMG-Accuracy: {scores['img_accuracy_percent']:.2f}% ({scores['img_correct']}/{scores['img_count']}), "
-        f"unparsable: {scores['failed_to_parse']}"
+        f"no option letter read: {scores['failed_to_parse']} (unanswered: {scores['unanswered']})"
     )
     print(f"scores written to {write_scores(args.result_file, scores)}")
     return scores

@@ -13,7 +13,8 @@ normalised with :class:`~llava.eval.m4c_evaluator.EvalAIAnswerProcessor` and sco
 soft accuracy (:class:`~llava.eval.m4c_evaluator.TextVQAAccuracyEvaluator`).
 
 Printed and written beside the result file as ``<result stem>.scores.json``:
-``soft_accuracy_percent`` (mean soft accuracy ×100, the published TextVQA number) and ``count``.
+``soft_accuracy_percent`` (mean soft accuracy ×100, the published TextVQA number) and ``count``,
+headed by ``"benchmark": "textvqa"`` and ``"headline": "soft_accuracy_percent"`` (see :data:`BENCHMARK`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llava.eval.benchmarks import SHORT_ANSWER_SUFFIX, Benchmark, register
 from llava.eval.io import iter_numbered_jsonl, read_json, write_scores
-from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
+from llava.eval.m4c_evaluator import EvalAIAnswerProcessor, TextVQAAccuracyEvaluator
 
 OCR_MARKER = "Reference OCR token: "
 
@@ -75,13 +77,30 @@ def eval_textvqa(annotation_file: str | Path, result_file: str | Path) -> dict:
     return {"count": len(pred_list), "soft_accuracy_percent": 100 * accuracy}
 
 
+BENCHMARK = register(
+    Benchmark(
+        name="textvqa",
+        column="TextVQA",
+        metric="soft_accuracy_percent",
+        metric_name="mean VQA soft accuracy x100 over the val questions (prompts with the OCR tokens)",
+        runner="llava.eval.model_vqa_loader",
+        scorer="llava.eval.eval_textvqa",
+        script="textvqa.sh",
+        table1=2,
+        prompt_suffix=SHORT_ANSWER_SUFFIX,
+        parse_answer=EvalAIAnswerProcessor(),
+        legacy_keys=("soft_accuracy_percent",),
+    )
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--annotation-file", required=True, help="TextVQA_0.5.1_val.json")
     parser.add_argument("--result-file", required=True, help="the model's answers (JSONL)")
     args = parser.parse_args(argv)
-    scores = eval_textvqa(args.annotation_file, args.result_file)
+    scores = BENCHMARK.stamp(eval_textvqa(args.annotation_file, args.result_file))
     print(f"Samples: {scores['count']}\nAccuracy: {scores['soft_accuracy_percent']:.2f}%")
     print(f"scores written to {write_scores(args.result_file, scores)}")
     return scores

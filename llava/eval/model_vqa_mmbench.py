@@ -17,6 +17,8 @@ because the dev TSV already holds the circular copies at index + 1e6 / 2e6 / 3e6
 as strings (so an option "1" is not turned into ``1.0``); as upstream, pandas' default missing-value
 words ("", "NA", "None", "nan" ...) count as missing. An ``image`` cell that holds only a row index (as in
 later MMBench TSVs) uses that row's image. ``--max_new_tokens`` defaults to 1024 (hard-coded upstream).
+The English suffix and that default are the benchmark's declaration,
+:data:`llava.eval.eval_mmbench.BENCHMARK`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from llava.eval.runner import OPTION_SUFFIX, Question, build_parser, prompt_with_image, run_main
+from llava.eval.benchmarks import OPTION_LETTER_SUFFIX
+from llava.eval.eval_mmbench import BENCHMARK
+from llava.eval.runner import Question, build_parser, prompt_with_image, run_main
 
 OPTION_LETTERS = ("A", "B", "C", "D")
 TEXT_COLUMNS = ("question", "hint", *OPTION_LETTERS)
@@ -95,7 +99,7 @@ def to_question(
         prompt = f"{prompt}\n{letter}. {option}"
     text = prompt_with_image(prompt, True)
     if args.single_pred_prompt:
-        text = f"{text}\n{OPTION_SUFFIX[args.lang]}"
+        text = f"{text}\n{OPTION_LETTER_SUFFIX[args.lang]}"
     data = "" if is_none(row["image"]) else str(row["image"])
     if len(data) < 64 and data.isdigit():  # a reference to the row that holds the image
         data = images.get(int(data), "")
@@ -121,13 +125,13 @@ def parser() -> argparse.ArgumentParser:
     result = build_parser(
         "python -m llava.eval.model_vqa_mmbench",
         "Answer MMBench (TSV with base64 images) with a LLaVA-1.5 checkpoint.",
-        max_new_tokens=1024,
+        max_new_tokens=BENCHMARK.max_new_tokens,
     )
     result.add_argument(
         "--single-pred-prompt", action="store_true", help="append the option-letter instruction"
     )
     result.add_argument(
-        "--lang", default="en", choices=sorted(OPTION_SUFFIX), help="language of that instruction"
+        "--lang", default="en", choices=sorted(OPTION_LETTER_SUFFIX), help="language of that instruction"
     )
     return result
 

@@ -13,7 +13,8 @@ text-only items)::
         --image-folder scienceqa/images/test --answers-file answers/ckpt.jsonl \\
         --single-pred-prompt --temperature 0 --conv-mode vicuna_v1
 
-``--max_new_tokens`` defaults to 1024 (hard-coded upstream). Not ported: upstream's ``--answer-prompter``
+``--max_new_tokens`` defaults to 1024 (hard-coded upstream). The suffix and that default come from the
+benchmark's declaration, :data:`llava.eval.eval_science_qa.BENCHMARK`. Not ported: upstream's ``--answer-prompter``
 (a second pass for chain-of-thought answers), unused by the LLaVA-1.5 scripts. ``--conv-mode`` defaults
 to ``vicuna_v1`` (what ``sqa.sh`` passes) rather than upstream's ``llava_v0``, which is not shipped.
 """
@@ -24,7 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from llava.eval.runner import OPTION_SUFFIX, ImageFile, Question, build_parser, prompt_with_image, run_main
+from llava.eval.eval_science_qa import BENCHMARK
+from llava.eval.runner import ImageFile, Question, build_parser, prompt_with_image, run_main
 
 
 def read_items(path: str) -> list[dict]:
@@ -47,7 +49,7 @@ def to_question(item: dict, index: int, args: argparse.Namespace) -> Question:
     image = ImageFile(Path(args.image_folder).expanduser() / item["image"]) if item.get("image") else None
     text = prompt_with_image(human, image is not None)
     if args.single_pred_prompt:
-        text = f"{text}\n{OPTION_SUFFIX['en']}"
+        text = f"{text}\n{BENCHMARK.prompt_suffix}"
     return Question(qid, text, image, head={"question_id": qid, "prompt": text}, where=where)
 
 
@@ -61,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     result = build_parser(
         "python -m llava.eval.model_vqa_science",
         "Answer ScienceQA (LLaVA conversation-form JSON list) with a LLaVA-1.5 checkpoint.",
-        max_new_tokens=1024,
+        max_new_tokens=BENCHMARK.max_new_tokens,
     )
     result.add_argument("--image-folder", default="", help="folder the items' image paths are relative to")
     result.add_argument(

@@ -5,33 +5,32 @@ Usage::
     python -m llava.eval.report --results playground/data/eval [more dirs or score files] \\
         [--out report.md] [--json report.json] [--server-score NAME:VQAv2=78.5 ...]
 
-Every score file found (directories are searched recursively) is one cell: the benchmark comes from
-the keys the scorer wrote (POPE ``mean_f1_percent``, SQA ``img_accuracy_percent``, TextVQA
-``soft_accuracy_percent``, MME ``perception_score``) or, for the server-scored stubs that
-``vqav2.sh`` / ``mmbench.sh`` write, from the path (``vqav2`` / ``mmbench``); the row is the result
-file's stem (the parent folder's name for VQAv2's ``merge``). VQAv2 and MMB show ``server`` when their
-stub exists but no number is given (in the stub's ``server_score`` or with ``--server-score``), and
-``-`` when they were not run. Each cell also gets the mean ``num_visual_tokens`` of the answers file
-beside the score file (``<stem>.jsonl``), over the answers that have an image (text-only ScienceQA items
-have none).
+Nothing here names a benchmark: the columns, the score keys and which benchmarks are server-scored
+come from the declarations in :mod:`llava.eval.benchmarks` (one per ``llava/eval/eval_<name>.py``, plus
+any registered by the caller). Every score file found (directories are searched recursively) is one
+cell: its benchmark and number come from the ``benchmark`` / ``headline`` fields the scorer wrote, or,
+for files written before those existed, from the declarations' legacy keys and folders (see
+:func:`llava.eval.benchmarks.identify`). The row is the result file's stem (the parent folder's name
+when the stem is the benchmark's fixed answers name, VQAv2's ``merge``). The columns are Table 1's
+(VQAv2, SQA-IMG, TextVQA, POPE, MME, MMB), then any other declared benchmark that some row has.
+Server-scored benchmarks show ``server`` when their stub exists but no number is given (in the stub's
+``server_score`` or with ``--server-score``); a benchmark that was not run shows ``-``. Each cell also
+gets the mean ``num_visual_tokens`` of the answers file beside the score file (``<stem>.jsonl``), over
+the answers that have an image (text-only ScienceQA items have none).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from llava.eval import benchmarks
 from llava.eval.io import SCORES_SUFFIX, iter_jsonl, write_json
 
-COLUMNS = ("VQAv2", "SQA-IMG", "TextVQA", "POPE", "MME", "MMB")
-SCORE_KEYS = {
-    "mean_f1_percent": "POPE",
-    "img_accuracy_percent": "SQA-IMG",
-    "soft_accuracy_percent": "TextVQA",
-    "perception_score": "MME",
-}
-SERVER_PATHS = {"vqav2": "VQAv2", "mmbench": "MMB"}
+# Table 1's columns, in the paper's order (from the declarations; kept for llava.hub).
+COLUMNS = benchmarks.table1_columns()
 
 
 def find_score_files(paths: list[str]) -> list[Path]:
@@ -42,18 +41,28 @@ def find_score_files(paths: list[str]) -> list[Path]:
 
 
 def classify(path: Path, scores: dict) -> tuple[str, str, float | None] | None:
-    """``(row name, column, score)`` of one score file, or None when it is no Table 1 benchmark."""
+    """``(row name, column, score)`` of one score file, or None when it is no declared benchmark's."""
+    found = benchmarks.identify(path, scores)
+    if found is None:
+        if "benchmark" in scores:
+            print(
+                f"note: {path} is a score file of {scores['benchmark']!r}, which is not declared here; skipped",
+                file=sys.stderr,
+            )
+        return None
+    benchmark, score = found
     stem = path.name[: -len(SCORES_SUFFIX)]
-    name = path.parent.name if stem == "merge" else stem
-    for key, column in SCORE_KEYS.items():
-        if key in scores:
-            return name, column, float(scores[key])
-    if scores.get("server_scored"):
-        for part in reversed([p.lower() for p in path.parts]):
-            if part in SERVER_PATHS:
-                value = scores.get("server_score")
-                return name, SERVER_PATHS[part], None if value is None else float(value)
-    return None
+    name = path.parent.name if stem == benchmark.fixed_answers_stem else stem
+    return name, benchmark.column, score
+
+
+def shown_columns(table: dict[str, dict]) -> tuple[str, ...]:
+    """Table 1's columns, then every other declared benchmark's column that some row of ``table`` has."""
+    present = {column for row in table.values() for column in row}
+    table1 = benchmarks.table1_columns()
+    return table1 + tuple(
+        b.column for b in benchmarks.benchmarks() if b.column not in table1 and b.column in present
+    )
 
 
 def mean_visual_tokens(answers: Path) -> float | None:
@@ -79,8 +88,9 @@ def collect(paths: list[str], server: dict[tuple[str, str], float] | None = None
         }
     for (name, column), value in (server or {}).items():
         table.setdefault(name, {}).setdefault(column, {"visual_tokens": None, "file": None})["score"] = value
+    columns = shown_columns(table)
     for row in table.values():
-        for column in COLUMNS:
+        for column in columns:
             row.setdefault(column, {"score": None, "visual_tokens": None, "file": None})
     return table
 
@@ -89,19 +99,23 @@ def fmt(column: str, cell: dict) -> str:
     """The score; ``server`` for a server-scored benchmark that was run but whose score is not given yet,
     ``-`` for a benchmark that was not run."""
     if cell["score"] is None:
-        return "server" if column in SERVER_PATHS.values() and cell.get("file") else "-"
+        benchmark = benchmarks.by_column(column)
+        return "server" if benchmark is not None and benchmark.server_scored and cell.get("file") else "-"
     return f"{cell['score']:.1f}"
 
 
 def to_markdown(table: dict[str, dict]) -> str:
-    head = "| Model | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
+    columns = shown_columns(table)
+    head = "| Model | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     scores = "".join(
-        f"| {name} | " + " | ".join(fmt(c, row[c]) for c in COLUMNS) + " |\n" for name, row in table.items()
+        f"| {name} | " + " | ".join(fmt(c, row.get(c, {"score": None})) for c in columns) + " |\n"
+        for name, row in table.items()
     )
     tokens = "".join(
         f"| {name} | "
         + " | ".join(
-            "-" if row[c]["visual_tokens"] is None else f"{row[c]['visual_tokens']:.1f}" for c in COLUMNS
+            "-" if row.get(c, {}).get("visual_tokens") is None else f"{row[c]['visual_tokens']:.1f}"
+            for c in columns
         )
         + " |\n"
         for name, row in table.items()
@@ -128,8 +142,9 @@ def main(argv: list[str] | None = None) -> str:
     for item in args.server_score:
         key, _, value = item.partition("=")
         name, _, column = key.rpartition(":")
-        if column not in COLUMNS or not name:
-            parser.error(f"--server-score {item!r}: expected NAME:COLUMN=VALUE with COLUMN in {COLUMNS}")
+        if benchmarks.by_column(column) is None or not name:
+            known = tuple(b.column for b in benchmarks.benchmarks())
+            parser.error(f"--server-score {item!r}: expected NAME:COLUMN=VALUE with COLUMN in {known}")
         server[(name, column)] = float(value)
     table = collect(args.results, server)
     markdown = to_markdown(table)

@@ -39,17 +39,13 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import conv_templates, get_conv_template
+from llava.conversation import conv_templates
 from llava.dtypes import add_dtype_arg, resolve_dtype
-from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
-from llava.model.token_reduction.config import ReductionConfig
+from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.model.token_reduction.args import add_reduction_args, reduction_changes
+from llava.prompting import batch_prompt_ids, build_prompt, check_generation_args, generation_kwargs
 
 USAGE_ERROR = 2
-OPTION_SUFFIX = {
-    "en": "Answer with the option's letter from the given choices directly.",
-    "cn": "请直接回答选项字母。",
-}
 
 T = TypeVar("T")
 
@@ -370,14 +366,12 @@ def check_args(args: argparse.Namespace) -> str:
 
     ``--dtype`` is checked against that device too (bfloat16 on a GPU without it fails here).
     """
-    from llava.serve.cli import check_args as check_common
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.num_beams < 1:
         raise ValueError(f"--num_beams must be at least 1, got {args.num_beams}.")
     get_chunk([], args.num_chunks, args.chunk_idx)  # validates the shard options
-    return check_common(args)
+    return check_generation_args(args)
 
 
 def run_main(
@@ -413,16 +407,19 @@ class Loaded:
 
 def load_model(args: argparse.Namespace, device: str) -> Loaded:
     """Loads ``--model-path`` (+ ``--model-base``) in ``--dtype`` and applies the ``--token-reduction`` flags."""
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     model_name = get_model_name_from_path(args.model_path)
     dtype = resolve_dtype(args.dtype, device)
     tokenizer, model, processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, device=device, dtype=dtype
+        args.model_path,
+        args.model_base,
+        model_name,
+        device=device,
+        dtype=dtype,
+        reduction_changes=reduction_changes(args),
     )
-    recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
-    override = reduction_from_args(recorded, args)
-    reduction = model.set_token_reduction(override) if override is not None else recorded
+    reduction = model.token_reduction
     dtype_name = str(dtype).removeprefix("torch.")
     print(
         f"[llava] {model_name}: token reduction {reduction.describe()}, dtype {dtype_name}",
@@ -430,43 +427,6 @@ def load_model(args: argparse.Namespace, device: str) -> Loaded:
         flush=True,
     )
     return Loaded(tokenizer, model, processor, model_name)
-
-
-def generation_kwargs(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
-    """``generate`` arguments as upstream: sampling only when ``temperature > 0``; stops at EOS."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.temperature > 0,
-        "num_beams": args.num_beams,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": pad,
-        "use_cache": True,
-    }
-    if args.temperature > 0:
-        kwargs["temperature"] = args.temperature
-        if args.top_p is not None:
-            kwargs["top_p"] = args.top_p
-    return kwargs
-
-
-def build_prompt(conv_mode: str, text: str) -> str:
-    """The one-turn generation prompt, e.g. ``{system} USER: <image>\\n{text} ASSISTANT:``."""
-    conv = get_conv_template(conv_mode)
-    conv.append_message(conv.roles[0], text)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
-
-
-def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacks 1-D id tensors padded on the left: ids ``[B, T]`` and attention mask ``[B, T]``."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = seq
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -478,16 +438,14 @@ def generate_batch(
     Args:
         prompts: B prompt strings; each ``<image>`` takes the next image of ``pixels``.
         pixels: ``[I, 3, H, W]`` images in placeholder order (``I = 0`` for text-only batches).
-        kwargs: see :func:`generation_kwargs`.
+        kwargs: ``generate`` arguments (see :func:`llava.prompting.generation_kwargs`).
 
     Returns:
         The B decoded answers (special tokens skipped, stripped), the visual tokens spliced into each
         prompt, and whether each prompt was cut at the model's context length.
     """
     tokenizer, model = loaded.tokenizer, loaded.model
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = [tokenizer_image_token(p, tokenizer, return_tensors="pt") for p in prompts]
-    input_ids, mask = left_pad(ids, pad_id)
+    input_ids, mask = batch_prompt_ids(tokenizer, prompts)
     inputs = model.prepare_multimodal_inputs(
         input_ids.to(model.device),
         mask.to(model.device),
@@ -527,7 +485,7 @@ def prepare_batch(questions: list[Question], loaded: Loaded, conv_mode: str) -> 
             images.append(question.image.load())
         except (OSError, ValueError) as err:
             raise ValueError(f"{err} (question_id {question.question_id!r}, {question.where})") from err
-    aspect = getattr(loaded.model.config, "image_aspect_ratio", "pad")
+    aspect = loaded.model.config.image_aspect_ratio
     pixels = process_images(images, loaded.image_processor, aspect) if images else torch.zeros(0, 3, 1, 1)
     prompts = [build_prompt(conv_mode, q.text) for q in questions]
     return Batch(list(questions), prompts, pixels)
@@ -584,13 +542,13 @@ def run_questions(
         return 0
     check_images_exist(pending)
     loaded = loaded or load_model(args, device)
-    settings["reduction"] = dict(
-        getattr(loaded.model.config, "mm_token_reduction", None) or {"method": "none"}
-    )
+    settings["reduction"] = dict(loaded.model.config.mm_token_reduction or {"method": "none"})
     if recorded is not None:  # the reduction the loaded model runs, resolved from the checkpoint and flags
         check_same_settings(path, state, recorded, settings)
     write_settings(path, settings)
-    kwargs = generation_kwargs(args, loaded.tokenizer)
+    kwargs = generation_kwargs(
+        loaded.tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.num_beams
+    )
     batches = [pending[i : i + args.batch_size] for i in range(0, len(pending), args.batch_size)]
     bar = tqdm(total=len(shard), initial=len(shard) - len(pending), unit="q", desc=path.name)
     start, images = time.perf_counter(), 0

@@ -28,6 +28,7 @@ import torch
 from transformers import LlamaConfig, LlavaForConditionalGeneration
 from transformers import LlavaConfig as HFLlavaConfig
 
+from llava.model.checkpoint_format import llava_mm_fields, save_image_processor
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
 LLAMA_FIELDS = (
@@ -99,8 +100,6 @@ def to_hf(model: LlavaLlamaForCausalLM, tokenizer) -> tuple[LlavaForConditionalG
 
 def from_hf(hf_model: LlavaForConditionalGeneration, tokenizer, out_dir: str | Path) -> LlavaLlamaForCausalLM:
     """Writes ``hf_model`` as a LLaVA-1.5 checkpoint in ``out_dir`` (CLIP in ``out_dir/vision_tower``)."""
-    from llava.tiny import llava_mm_fields, save_image_processor
-
     out_dir = Path(out_dir)
     hf = hf_model.config
     if hf.projector_hidden_act != "gelu" or hf.vision_feature_select_strategy not in ("default", "full"):
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.to_hf:
-        from llava.model.builder import load_pretrained_model
+        from llava.model.loader import load_pretrained_model
 
         tokenizer, model, processor, _ = load_pretrained_model(
             args.model_path, args.model_base, device="cpu", token_reduction="none"

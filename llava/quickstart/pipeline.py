@@ -27,8 +27,11 @@ from typing import Any
 from llava.quickstart.data import MANIFEST_VERSION, POPE_ID_OFFSETS, DatasetPaths, generate_dataset
 from llava.quickstart.tower import TowerConfig
 
+# The quickstart trains through the repository's published scripts (and the llava/train/train_mem.py they
+# launch), which live beside the package in a clone: see check_training_scripts.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts" / "v1_5"
+TRAINING_SCRIPTS = ("pretrain.sh", "finetune_lora_prumerge_plus.sh")
 #: Reducers evaluated; ``sequential`` and ``spatial`` get PruMerge's mean token count as their budget.
 METHODS = ("none", "prumerge", "prumerge_plus", "sequential", "spatial")
 
@@ -87,6 +90,26 @@ PRESETS: dict[str, QuickstartConfig] = {
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage and its log file."""
+
+
+def check_training_scripts(scripts: Path | None = None) -> None:
+    """Fails unless the published training scripts are next to the package (``scripts/v1_5`` of a clone).
+
+    ``pip install`` without ``-e`` copies only the ``llava`` package, not ``scripts/``, so the quickstart
+    can only run from a clone of the repository.
+
+    Raises:
+        StageError: a script is missing; the message names it and how to get it.
+    """
+    scripts = SCRIPTS if scripts is None else scripts
+    missing = [name for name in TRAINING_SCRIPTS if not (scripts / name).is_file()]
+    if missing:
+        raise StageError(
+            f"the quickstart trains through the repository's published scripts, and {scripts / missing[0]} "
+            "was not found next to the llava package (it was installed without the repository's scripts/, "
+            "e.g. by `pip install` without -e). Run it from a clone of the repository: clone it, "
+            "`pip install -e .` in it, then `python -m llava.quickstart` (or `bash scripts/quickstart.sh`)."
+        )
 
 
 @dataclass
@@ -171,16 +194,21 @@ def stage_tokenizer_and_llm(
 
 
 def text_conversations(train_json: Path) -> list[str]:
-    """The training conversations as ``vicuna_v1`` text, without their images (the LLM's text corpus)."""
-    from llava.conversation import get_conv_template
+    """The training conversations as ``vicuna_v1`` text, without their images (the LLM's text corpus).
 
+    Rendered as training renders them (:func:`llava.train.data.render`).
+    """
+    from llava.conversation import get_conv_template
+    from llava.train.data import render
+
+    template = get_conv_template("vicuna_v1")
     texts = []
     for record in json.loads(train_json.read_text(encoding="utf-8")):
-        conv = get_conv_template("vicuna_v1")
-        for turn in record["conversations"]:
-            role = conv.roles[0] if turn["from"] == "human" else conv.roles[1]
-            conv.append_message(role, turn["value"].replace("<image>\n", "").replace("<image>", ""))
-        texts.append(conv.get_prompt())
+        turns = [
+            {**turn, "value": turn["value"].replace("<image>\n", "").replace("<image>", "")}
+            for turn in record["conversations"]
+        ]
+        texts.append(render(turns, template)[0])
     return texts
 
 
@@ -370,6 +398,15 @@ def reduction_flags(method: str, budget: int | None, side: int) -> list[str]:
     return flags
 
 
+def cli_flags(**options: Any) -> list[str]:
+    """``--name value`` pairs of ``options`` (underscores become dashes; ``True`` is a bare flag)."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
 def answer_benchmarks(
     layout: Layout, cfg: QuickstartConfig, method: str, budget: int | None, echo: Callable[[str], None]
 ) -> dict[str, Path]:
@@ -377,62 +414,38 @@ def answer_benchmarks(
     from llava.eval import model_vqa_loader, model_vqa_science
 
     data, out = layout.data, layout.eval / method
-    common = [
-        "--model-path",
-        str(layout.finetune),
-        "--model-base",
-        str(layout.base),
-        "--temperature",
-        "0",
-        "--conv-mode",
-        "vicuna_v1",
-        "--batch-size",
-        str(cfg.eval_batch_size),
-        "--device",
-        "cpu",
-        *reduction_flags(method, budget, cfg.tower.image_size // cfg.tower.patch_size),
-    ]
+    common = cli_flags(
+        model_path=layout.finetune,
+        model_base=layout.base,
+        temperature=0,
+        conv_mode="vicuna_v1",
+        batch_size=cfg.eval_batch_size,
+        device="cpu",
+    ) + reduction_flags(method, budget, cfg.tower.image_size // cfg.tower.patch_size)
     answers = {"pope": out / "pope.jsonl", "sqa": out / "sqa.jsonl", "vqa": out / "vqa.jsonl"}
+    files = {"image_folder": data.images}
     runs = [
         (
             model_vqa_loader.main,
-            [
-                "--question-file",
-                str(data.pope_questions),
-                "--image-folder",
-                str(data.images),
-                "--answers-file",
-                str(answers["pope"]),
-                "--max-new-tokens",
-                "4",
-            ],
+            cli_flags(
+                question_file=data.pope_questions, answers_file=answers["pope"], max_new_tokens=4, **files
+            ),
         ),
         (
             model_vqa_science.main,
-            [
-                "--question-file",
-                str(data.sqa_questions),
-                "--image-folder",
-                str(data.images),
-                "--answers-file",
-                str(answers["sqa"]),
-                "--single-pred-prompt",
-                "--max-new-tokens",
-                "4",
-            ],
+            cli_flags(
+                question_file=data.sqa_questions,
+                answers_file=answers["sqa"],
+                single_pred_prompt=True,
+                max_new_tokens=4,
+                **files,
+            ),
         ),
         (
             model_vqa_loader.main,
-            [
-                "--question-file",
-                str(data.vqa_questions),
-                "--image-folder",
-                str(data.images),
-                "--answers-file",
-                str(answers["vqa"]),
-                "--max-new-tokens",
-                "6",
-            ],
+            cli_flags(
+                question_file=data.vqa_questions, answers_file=answers["vqa"], max_new_tokens=6, **files
+            ),
         ),
     ]
     for (func, argv), name in zip(runs, answers):
@@ -540,9 +553,9 @@ def presence_margins(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
     """
     import torch
 
-    from llava.eval.runner import build_prompt, left_pad
-    from llava.mm_utils import load_image, process_images, tokenizer_image_token
-    from llava.model.builder import load_pretrained_model
+    from llava.mm_utils import load_image, process_images
+    from llava.model.loader import load_pretrained_model
+    from llava.prompting import left_pad, pad_token_id, prompt_ids
 
     tokenizer, model, processor, _ = load_pretrained_model(
         str(layout.finetune), str(layout.base), device="cpu", token_reduction="none"
@@ -554,17 +567,11 @@ def presence_margins(layout: Layout, cfg: QuickstartConfig) -> dict[str, Any]:
         margins = []
         for start in range(0, len(items), cfg.eval_batch_size):
             chunk = items[start : start + cfg.eval_batch_size]
-            prefix = "<image>\n" if with_image else ""
-            ids = [
-                tokenizer_image_token(
-                    build_prompt("vicuna_v1", prefix + text), tokenizer, return_tensors="pt"
-                )
-                for _, text, _ in chunk
-            ]
-            input_ids, mask = left_pad(ids, tokenizer.pad_token_id or 0)
+            ids = [prompt_ids(tokenizer, text, "vicuna_v1", image=with_image) for _, text, _ in chunk]
+            input_ids, mask = left_pad(ids, pad_token_id(tokenizer))
             if with_image:
                 images = [load_image(layout.data.images / name) for name, _, _ in chunk]
-                pixels = process_images(images, processor, getattr(model.config, "image_aspect_ratio", "pad"))
+                pixels = process_images(images, processor, model.config.image_aspect_ratio)
             else:
                 pixels = torch.zeros(0, 3, 1, 1)
             with torch.no_grad():
@@ -708,14 +715,48 @@ def run_quickstart(
     """Runs (or resumes) every stage under ``output_dir``; returns the summary (also ``summary.json``)."""
     from transformers.utils import logging as hf_logging
 
-    from llava.model.builder import checkpoint_kind
-    from llava.quickstart.tower import pretrain_tower
-
+    check_training_scripts()  # before anything is written
     hf_logging.set_verbosity_error()  # the LoRA base's load report (no projector in a plain Llama) is expected
     layout = Layout(Path(output_dir).resolve())
     check_settings(layout, cfg)
     echo(f"[quickstart] output folder: {layout.root}")
     started = time.time()
+    timings = run_training_stages(layout, cfg, echo, started)
+    echo("[quickstart] 6/6 evaluation (POPE, ScienceQA, VQA) of " + ", ".join(METHODS))
+    t0 = time.time()
+    results, answers, budget = evaluate_methods(layout, cfg, echo)
+    timings["6/6 evaluation"] = time.time() - t0
+    correlation = kept_vs_objects(layout, answers["prumerge"]["pope"])
+    summary = {
+        "output_dir": str(layout.root),
+        "settings": cfg.fingerprint(),
+        "results": results,
+        "chance": CHANCE,
+        "prumerge_budget_for_table4": budget,
+        "kept_tokens_vs_objects": correlation,
+        "pope_margin_auc": presence_margins(layout, cfg),
+        "tower_pretraining": json.loads((layout.tower / "pretrain_log.json").read_text(encoding="utf-8"))[
+            "epochs"
+        ][-1],
+        "pictures": draw_kept_tokens(layout, cfg),
+        "seconds": timings,
+        "total_seconds": time.time() - started,
+    }
+    (layout.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    text = summary_markdown(summary)
+    (layout.root / "summary.md").write_text(text, encoding="utf-8")
+    echo("\n" + text)
+    echo(f"[quickstart] finished in {summary['total_seconds']:.0f} s; everything is under {layout.root}")
+    return summary
+
+
+def run_training_stages(
+    layout: Layout, cfg: QuickstartConfig, echo: Callable[[str], None], started: float
+) -> dict[str, float]:
+    """Stages 1-5 (data, tower, base LLM, projector, LoRA), each skipped when its output is there; their times."""
+    from llava.model.loader import checkpoint_kind
+    from llava.quickstart.tower import pretrain_tower
+
     timings: dict[str, float] = {}
 
     def stage(name: str, done: bool, action: Callable[[], Any]) -> None:
@@ -757,9 +798,15 @@ def run_quickstart(
         finetuned,
         lambda: stage_finetune(layout, cfg, echo),
     )
+    return timings
 
-    echo("[quickstart] 6/6 evaluation (POPE, ScienceQA, VQA) of " + ", ".join(METHODS))
-    t0 = time.time()
+
+def evaluate_methods(layout: Layout, cfg: QuickstartConfig, echo: Callable[[str], None]):
+    """Every method of :data:`METHODS` answered and scored; the sampling baselines at PruMerge's mean count.
+
+    Returns:
+        ``(results by method, answer files by method and benchmark, PruMerge's mean token count)``.
+    """
     results: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[str, Path]] = {}
     budget: int | None = None
@@ -768,30 +815,20 @@ def run_quickstart(
         results[method] = score(layout, answers[method])
         if method == "prumerge":
             budget = max(1, round(results[method]["visual_tokens"]))
-    timings["6/6 evaluation"] = time.time() - t0
-    correlation = kept_vs_objects(layout, answers["prumerge"]["pope"])
-    presence = presence_margins(layout, cfg)
-    pictures = draw_kept_tokens(layout, cfg)
     assert budget is not None
-    table1, table4 = markdown_tables(results, budget)
-    summary = {
-        "output_dir": str(layout.root),
-        "settings": cfg.fingerprint(),
-        "results": results,
-        "chance": CHANCE,
-        "prumerge_budget_for_table4": budget,
-        "kept_tokens_vs_objects": correlation,
-        "pope_margin_auc": presence,
-        "tower_pretraining": json.loads((layout.tower / "pretrain_log.json").read_text(encoding="utf-8"))[
-            "epochs"
-        ][-1],
-        "pictures": pictures,
-        "seconds": timings,
-        "total_seconds": time.time() - started,
-    }
-    (layout.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return results, answers, budget
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The quickstart's ``summary.md``: its Table 1 and Table 4, the kept-token correlation and POPE's AUC."""
+    budget, correlation, presence = (
+        summary["prumerge_budget_for_table4"],
+        summary["kept_tokens_vs_objects"],
+        summary["pope_margin_auc"],
+    )
+    table1, table4 = markdown_tables(summary["results"], budget)
     by_objects = ", ".join(f"{n}: {v:.1f}" for n, v in correlation["mean_kept_by_objects"].items())
-    text = (
+    return (
         "## Table 1 (synthetic shapes; accuracies in %)\n\n"
         + table1
         + f"\n## Table 4: PruMerge vs. sampling at PruMerge's mean token count ({budget})\n\n"
@@ -802,10 +839,6 @@ def run_quickstart(
         f"{presence['with_image']['auc']:.2f} with the image, {presence['text_only']['auc']:.2f} from the question "
         "alone (0.5: present and absent objects not separated)\n"
         + "\nKept-token pictures: "
-        + ", ".join(pictures)
+        + ", ".join(summary["pictures"])
         + "\n"
     )
-    (layout.root / "summary.md").write_text(text, encoding="utf-8")
-    echo("\n" + text)
-    echo(f"[quickstart] finished in {summary['total_seconds']:.0f} s; everything is under {layout.root}")
-    return summary

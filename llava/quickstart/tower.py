@@ -25,8 +25,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from llava.mm_utils import load_image_processor, process_images
+from llava.model.checkpoint_format import save_image_processor
 from llava.quickstart.data import COLOURS, SHAPES
-from llava.tiny import save_image_processor
 
 PAIRS = [(colour, shape) for colour in COLOURS for shape in SHAPES]
 MAX_OBJECTS = 6
@@ -126,6 +126,19 @@ def load_split(
     return torch.cat(pixels), torch.stack(presence), torch.tensor(counts), torch.stack(patches)
 
 
+def build_training(cfg: TowerConfig, n_train: int):
+    """A fresh tower and heads, their parameters, AdamW and the one-cycle schedule over every epoch."""
+    model = CLIPVisionModel(clip_config(cfg))
+    heads = ShapeHeads(cfg.hidden_size)
+    params = list(model.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.01)
+    total = cfg.epochs * math.ceil(n_train / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, cfg.learning_rate, total_steps=total, pct_start=0.1
+    )
+    return model, heads, params, optimizer, schedule
+
+
 def pretrain_tower(
     dataset_root: str | Path,
     out_dir: str | Path,
@@ -147,34 +160,27 @@ def pretrain_tower(
     x_train, p_train, c_train, l_train = load_split(root / "images", scenes["train"], processor, cfg)
     x_eval, p_eval, c_eval, l_eval = load_split(root / "images", scenes["eval"], processor, cfg)
 
-    model = CLIPVisionModel(clip_config(cfg))
-    heads = ShapeHeads(cfg.hidden_size)
-    params = list(model.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, cfg.learning_rate, total_steps=total, pct_start=0.1
-    )
+    model, heads, params, optimizer, schedule = build_training(cfg, len(x_train))
     # about one pair in six is present: weigh positives up so the presence head does not settle on "absent"
     bce, ce = nn.BCEWithLogitsLoss(pos_weight=torch.full((len(PAIRS),), 4.0)), nn.CrossEntropyLoss()
     log: dict = {"config": asdict(cfg), "epochs": []}
+
+    def step(idx: torch.Tensor) -> float:
+        outputs = model(pixel_values=x_train[idx], output_hidden_states=True)
+        presence_logits, count_logits, patch_logits = heads(outputs)
+        loss = bce(presence_logits, p_train[idx]) + ce(count_logits, c_train[idx])
+        loss = loss + ce(patch_logits.flatten(0, 1), l_train[idx].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        return loss.item()
+
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(x_train))
-        losses = []
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            outputs = model(pixel_values=x_train[idx], output_hidden_states=True)
-            presence_logits, count_logits, patch_logits = heads(outputs)
-            loss = bce(presence_logits, p_train[idx]) + ce(count_logits, c_train[idx])
-            loss = loss + ce(patch_logits.flatten(0, 1), l_train[idx].flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
+        losses = [step(order[i : i + cfg.batch_size]) for i in range(0, len(order), cfg.batch_size)]
         record = {
             "epoch": epoch + 1,
             "loss": sum(losses) / len(losses),

@@ -28,13 +28,12 @@ from typing import Any
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, conv_mode_for_model, conv_templates, get_conv_template
 from llava.dtypes import add_dtype_arg, resolve_dtype
-from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
+from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.model.token_reduction.args import add_reduction_args, reduction_changes
 from llava.model.token_reduction.config import ReductionConfig
-from llava.model.token_reduction.registry import get_reducer
+from llava.prompting import check_generation_args, conversation_ids, generation_kwargs, with_image
 
 EXIT_WORDS = ("exit", "quit")
 USAGE_ERROR = 2
@@ -70,53 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(args: argparse.Namespace) -> str:
-    """Fails on option values that are wrong whatever the checkpoint; returns the device to use.
-
-    Runs before the model is loaded, so these mistakes cost no loading time. ``--dtype`` is checked
-    against the device too (bfloat16 on a GPU without it fails here).
-    """
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.reduction_budget is not None and args.reduction_budget < 0:
-        raise ValueError(f"--reduction-budget must be >= 0 (0 = no budget), got {args.reduction_budget}.")
-    if args.token_reduction is not None:
-        get_reducer(args.token_reduction)  # an unknown name raises, listing the valid ones
-    device = check_device(args.device)
-    resolve_dtype(args.dtype, device)
-    return device
-
-
-def check_device(name: str | None) -> str:
-    """The device to use: ``name`` once checked, or CUDA when available, else the CPU."""
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N).") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but CUDA is not available; use --device cpu.")
-    return name
-
-
-def generation_kwargs(temperature: float, max_new_tokens: int, tokenizer: Any) -> dict[str, Any]:
-    """Arguments for ``generate``: greedy at temperature 0, sampling otherwise; stops at EOS."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": temperature > 0,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": pad,
-        "use_cache": True,
-    }
-    if temperature > 0:
-        kwargs["temperature"] = temperature
-    return kwargs
-
-
 def describe_image(pixels: torch.Tensor, num_tokens: int, reduction: ReductionConfig) -> str:
     """The one-line report, e.g. ``[llava] image: 3 x 336 x 336 -> 40 visual tokens (prumerge/reference)``."""
     shape = " x ".join(str(size) for size in pixels.shape[1:])
@@ -143,7 +95,7 @@ class ChatSession:
         The image goes with the first message. Prints the visual-token line before the first answer.
         """
         first = not self.conv.messages
-        self.conv.append_message(self.conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{text}" if first else text)
+        self.conv.append_message(self.conv.roles[0], with_image(text, first))
         self.conv.append_message(self.conv.roles[1], None)
         try:
             inputs, max_new_tokens = self._spliced_prompt()
@@ -153,7 +105,7 @@ class ChatSession:
         if not self.reported:
             print(describe_image(self.pixels, int(inputs.num_visual_tokens[0]), self.reduction), flush=True)
             self.reported = True
-        kwargs = generation_kwargs(self.temperature, max_new_tokens, self.tokenizer)
+        kwargs = generation_kwargs(self.tokenizer, max_new_tokens, self.temperature)
         new_tokens = self.model.generate_spliced(inputs, streamer=streamer, **kwargs)
         answer = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
         self.conv.messages[-1][1] = answer
@@ -161,9 +113,7 @@ class ChatSession:
 
     def _spliced_prompt(self) -> tuple[Any, int]:
         """The conversation's prompt with the image spliced in, and the new tokens it leaves room for."""
-        prompt = self.conv.get_prompt()
-        input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")[None]
-        input_ids = input_ids.to(self.model.device)
+        input_ids = conversation_ids(self.conv, self.tokenizer)[None].to(self.model.device)
         with torch.no_grad():
             inputs = self.model.prepare_multimodal_inputs(
                 input_ids, torch.ones_like(input_ids), self.pixels, padding_side="left"
@@ -183,18 +133,20 @@ def open_session(args: argparse.Namespace) -> ChatSession:
     Raises:
         ValueError, OSError: user mistakes (bad option, missing image or checkpoint, LoRA without base).
     """
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
-    device = check_args(args)
+    device = check_generation_args(args)
     conv = get_conv_template(args.conv_mode or conv_mode_for_model(get_model_name_from_path(args.model_path)))
     image = load_image(args.image_file)  # before the (slow) model load, so a typo fails at once
     tokenizer, model, image_processor, context_len = load_pretrained_model(
-        args.model_path, args.model_base, device=device, dtype=resolve_dtype(args.dtype, device)
+        args.model_path,
+        args.model_base,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+        reduction_changes=reduction_changes(args),
     )
-    recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
-    override = reduction_from_args(recorded, args)
-    reduction = model.set_token_reduction(override) if override is not None else recorded
-    pixels = process_images([image], image_processor, getattr(model.config, "image_aspect_ratio", "pad"))
+    reduction = model.token_reduction
+    pixels = process_images([image], image_processor, model.config.image_aspect_ratio)
     return ChatSession(
         tokenizer=tokenizer,
         model=model,

@@ -27,13 +27,17 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import conv_mode_for_model, conv_templates, get_conv_template
+from llava.conversation import conv_mode_for_model, conv_templates
 from llava.dtypes import add_dtype_arg, resolve_dtype
-from llava.mm_utils import expand2square, get_model_name_from_path, process_images, tokenizer_image_token
-from llava.model.token_reduction.args import add_reduction_args, reduction_from_args
+from llava.mm_utils import expand2square, get_model_name_from_path, process_images
+from llava.model.token_reduction.args import (
+    add_reduction_args,
+    apply_changes,
+    option_specs,
+    reduction_changes,
+)
 from llava.model.token_reduction.config import ReductionConfig
-from llava.serve.cli import check_args, generation_kwargs
+from llava.prompting import check_generation_args, generation_kwargs, prompt_ids
 
 CHECKPOINT = "checkpoint"
 INSTALL_HINT = 'The web demo needs Gradio: pip install "llava-prumerge[demo]"'
@@ -104,14 +108,10 @@ class DemoModel:
 
     def reduction_for(self, choice: str | None, budget: int | None = None) -> ReductionConfig:
         """The reduction a dropdown choice (a reducer name or ``checkpoint``) and budget (0/None: none) name."""
-        base = self.default_reduction
-        method = base.method if not choice or choice == CHECKPOINT else choice
-        if not budget:
-            return base.replace(method=method)
-        values = {**base.to_dict(), "method": method, "budget": int(budget), "ratio": None}
-        if method != base.method:
-            values["grid"] = None
-        return ReductionConfig.from_value(values)
+        changes: dict[str, Any] = {} if not choice or choice == CHECKPOINT else {"method": choice}
+        if budget:
+            changes["budget"] = int(budget)  # replaces a recorded ratio too
+        return apply_changes(self.default_reduction, changes)
 
     def answer(
         self,
@@ -142,7 +142,7 @@ class DemoModel:
     ) -> tuple[str, Image.Image, str]:
         """``answer`` once the reducer is set (the caller holds the lock)."""
         model, tower = self.model, self.model.get_vision_tower()
-        aspect = getattr(model.config, "image_aspect_ratio", "pad")
+        aspect = model.config.image_aspect_ratio
         pixels = process_images([image.convert("RGB")], self.image_processor, aspect)
         pixels = pixels.to(device=model.device, dtype=model.dtype)
         out = tower(pixels)
@@ -151,7 +151,7 @@ class DemoModel:
         room = self.context_len - (input_ids.shape[1] - 1 + count)
         if room < 1:
             raise ValueError(f"The prompt does not fit in the model's context of {self.context_len} tokens.")
-        kwargs = generation_kwargs(self.temperature, min(self.max_new_tokens, room), self.tokenizer)
+        kwargs = generation_kwargs(self.tokenizer, min(self.max_new_tokens, room), self.temperature)
         new_tokens = model.generate(
             input_ids, images=pixels, attention_mask=torch.ones_like(input_ids), **kwargs
         )
@@ -162,10 +162,7 @@ class DemoModel:
 
     def _prompt_ids(self, question: str) -> torch.Tensor:
         """``[1, T]`` token ids of a one-turn prompt with the image marker before the question."""
-        conv = get_conv_template(self.conv_mode)
-        conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{question}")
-        conv.append_message(conv.roles[1], None)
-        ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, return_tensors="pt")
+        ids = prompt_ids(self.tokenizer, question, self.conv_mode, image=True)
         return ids[None].to(self.model.device)
 
 
@@ -200,15 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_demo_model(args: argparse.Namespace) -> DemoModel:
     """Checks the options and loads the checkpoint in ``--dtype`` (with any reduction override) for the demo."""
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
-    device = check_args(args)
+    device = check_generation_args(args)
     tokenizer, model, image_processor, context_len = load_pretrained_model(
-        args.model_path, args.model_base, device=device, dtype=resolve_dtype(args.dtype, device)
+        args.model_path,
+        args.model_base,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+        reduction_changes=reduction_changes(args),
     )
-    recorded = ReductionConfig.from_value(getattr(model.config, "mm_token_reduction", None))
-    override = reduction_from_args(recorded, args)
-    reduction = model.set_token_reduction(override) if override is not None else recorded
+    reduction = model.token_reduction
     return DemoModel(
         tokenizer=tokenizer,
         model=model,
@@ -246,7 +245,9 @@ def build_app(demo_model: DemoModel, gr: Any | None = None) -> Any:
                     info=f"{CHECKPOINT} = {demo_model.default_reduction.describe()}",
                     elem_id="reduction",
                 )
-                budget = gr.Number(value=0, precision=0, minimum=0, label="Token budget (0 = none)")
+                budget = gr.Number(
+                    value=0, precision=0, minimum=0, label="Token budget", info=option_specs()["budget"].help
+                )
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")
             with gr.Column():
                 answer = gr.Textbox(label="Answer", elem_id="answer", lines=4, interactive=False)

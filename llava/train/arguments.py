@@ -1,4 +1,8 @@
-"""Command-line arguments of ``llava/train/train.py``: upstream LLaVA's flags, plus the token reduction."""
+"""Command-line arguments of ``llava/train/train.py``: upstream LLaVA's flags, plus the token reduction.
+
+The reduction's flags (``--token_reduction``, ``--reduction_budget``, ...) are
+:data:`llava.model.token_reduction.args.ReductionArguments`, generated from the reduction's options.
+"""
 
 from __future__ import annotations
 
@@ -32,20 +36,8 @@ class ModelArguments:
     mm_use_im_patch_token: bool = field(default=False)
     mm_patch_merge_type: str = field(default="flat")
     mm_vision_select_feature: str = field(default="patch")
-    token_reduction: str = field(default="none", metadata={"help": "none, prumerge, prumerge_plus, ..."})
-    reduction_variant: str = field(default="reference", metadata={"help": "reference or paper"})
-    reduction_form: str = field(default="adaptive", metadata={"help": "PruMerge+: adaptive or fixed"})
-    reduction_budget: int | None = field(default=None, metadata={"help": "fixed visual tokens per image"})
-    reduction_num_neighbors: int = field(default=32)
-
-    def __post_init__(self) -> None:
-        self.reduction = ReductionConfig(
-            method=self.token_reduction,
-            variant=self.reduction_variant,
-            form=self.reduction_form,
-            budget=self.reduction_budget,
-            num_neighbors=self.reduction_num_neighbors,
-        )
+    # set by train.setup() from the reduction flags (ReductionArguments: --token_reduction, --reduction_*)
+    reduction: ReductionConfig = field(default_factory=ReductionConfig, init=False)
 
 
 @dataclass

@@ -236,43 +236,34 @@ def load_samples(
 def render(turns: list[dict[str, Any]], template: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """The conversation as one string, and the character spans the loss falls on.
 
+    The text is the template's own rendering (:meth:`Conversation.render`, the code that renders the
+    generation prompt at inference), so a conversation's prompt ids are those of inference.
     ``TWO`` templates (``v1``/``vicuna_v1``): each answer plus its ``sep2`` (``</s>``), starting at the
-    space that follows ``ASSISTANT:``. ``PLAIN``: the caption and its newline, after ``<image>``.
+    space that follows ``ASSISTANT:``. ``PLAIN``: the first caption and its newline, after ``<image>``
+    (the question is dropped, as upstream's pretraining samples).
     Turns are taken from the first human turn on; roles must alternate human/gpt.
     """
     start = next((i for i, t in enumerate(turns) if t.get("from") == "human"), len(turns))
     turns = turns[start:]
-    conv = template.copy()
-    conv.messages = []
-    roles = {"human": conv.roles[0], "gpt": conv.roles[1]}
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
         if turn.get("from") != expected:
             raise BadSampleError(f"turn {start + i} is from {turn.get('from')!r}, expected {expected!r}")
-        text = str(turn.get("value", ""))
-        if i == 0 and DEFAULT_IMAGE_TOKEN in text:
-            text = DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-        conv.append_message(roles[expected], text)
+    conv = template.copy()
+    conv.messages = []
+    user, assistant = conv.roles
     if conv.sep_style == SeparatorStyle.PLAIN:
+        question = str(turns[0].get("value", "")) if turns else ""
         caption = next((str(t.get("value", "")) for t in turns if t.get("from") == "gpt"), "")
-        prefix = (
-            DEFAULT_IMAGE_TOKEN if turns and DEFAULT_IMAGE_TOKEN in str(turns[0].get("value", "")) else ""
-        )
-        return prefix + caption + conv.sep, [(len(prefix), len(prefix) + len(caption) + len(conv.sep))]
-    return _render_two(conv)
-
-
-def _render_two(conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
-    text = conv.system + conv.sep
-    spans = []
-    for i, (role, message) in enumerate(conv.messages):
-        text += f"{role}:"
-        is_answer = i % 2 == 1
-        begin = len(text)
-        text += " " + message + (conv.sep2 if is_answer else conv.sep)
-        if is_answer:
-            spans.append((begin, len(text)))
-    return text, spans
+        if DEFAULT_IMAGE_TOKEN in question:
+            conv.append_message(user, question)
+        conv.append_message(assistant, caption)
+        text, spans = conv.render()
+        return text, spans[-1:]
+    for i, turn in enumerate(turns):
+        conv.append_message(assistant if i % 2 else user, str(turn.get("value", "")))
+    text, spans = conv.render()
+    return text, spans[1::2]
 
 
 def tokenize_with_labels(text: str, spans: list[tuple[int, int]], tokenizer) -> tuple[list[int], list[int]]:

@@ -183,7 +183,7 @@ class LLaVATrainer(Trainer):
         folder = os.path.join(
             self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         )
-        if getattr(self.llava_config, "tune_mm_mlp_adapter", False):
+        if self.llava_config is not None and self.llava_config.tune_mm_mlp_adapter:
             save_projector(self.model, folder, self.llava_config, self.args.should_save)
             if self.args.should_save:
                 self.state.save_to_json(os.path.join(folder, "trainer_state.json"))

@@ -1,13 +1,14 @@
 """Train LLaVA-1.5: projector pretraining, full finetuning or LoRA finetuning, with token reduction in the loop.
 
-Upstream's flags keep their names and meanings (see ``scripts/v1_5/*.sh``), plus ``--token_reduction``,
-``--reduction_variant``, ``--reduction_form``, ``--reduction_budget`` and ``--skip_bad_samples``::
+Upstream's flags keep their names and meanings (see ``scripts/v1_5/*.sh``), plus the token reduction's
+(``--token_reduction``, ``--reduction_variant``, ``--reduction_form``, ``--reduction_budget``, ... one per
+option of ``ReductionConfig``) and ``--skip_bad_samples``::
 
     deepspeed llava/train/train_mem.py --deepspeed scripts/zero3.json --lora_enable True ... \\
         --token_reduction prumerge_plus --reduction_variant reference
 
 One entry point, four steps: :func:`setup` (tokenizer, model, data), :func:`train`, :func:`save`,
-:func:`cleanup`. The reduction used is written into every saved ``config.json``.
+:func:`report`. The reduction used is written into every saved ``config.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import transformers
 
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM, register_auto_classes
+from llava.model.token_reduction.args import ReductionArguments
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from llava.train.llava_trainer import (
@@ -59,7 +61,7 @@ def llava_config(
     for key in ("model_type", "architectures", "transformers_version", "text_config", "vision_config"):
         values.pop(key, None)
     config = LlavaConfig.from_dict(values)
-    tower = model_args.vision_tower or getattr(config, "mm_vision_tower", None)
+    tower = model_args.vision_tower or config.mm_vision_tower
     if tower is None:
         raise ValueError("--vision_tower is required (e.g. openai/clip-vit-large-patch14-336).")
     config.mm_vision_tower = tower
@@ -72,9 +74,9 @@ def llava_config(
     config.mm_patch_merge_type = model_args.mm_patch_merge_type
     config.image_aspect_ratio = data_args.image_aspect_ratio
     config.tokenizer_model_max_length = training_args.model_max_length
-    config.tokenizer_padding_side = "right"
-    config.use_mm_proj = True
+    config.tokenizer_padding_side = "right"  # the collator pads right (a LLaVA base may record another side)
     config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_token_reduction = model_args.reduction.to_dict()
     config.use_cache = False
@@ -106,7 +108,7 @@ def build_model(
     attn_implementation: str | None,
 ):
     """The LLaVA model on the base weights, with the CLIP weights, the projector and the trainable set."""
-    from llava.model.builder import _read_state, projector_state
+    from llava.model.loader import _read_state, projector_state
 
     model = LlavaLlamaForCausalLM.from_pretrained(
         model_args.model_name_or_path,
@@ -194,8 +196,11 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith("--deepspeed") for a in argv):
         init_deepspeed_distributed()
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = transformers.HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments, ReductionArguments)
+    )
+    model_args, data_args, training_args, reduction_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args.reduction = reduction_args.to_config()
     if training_args.bits != 16:
         raise ValueError("--bits 4/8 (QLoRA) is not supported; train LoRA in bf16 (--bits 16).")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
@@ -264,7 +269,7 @@ def save(run: Setup) -> None:
         run.tokenizer.save_pretrained(out)
 
 
-def cleanup(run: Setup) -> None:
+def report(run: Setup) -> None:
     """Reports what was skipped or cut, so no sample is lost silently."""
     skipped = run.dataset.skipped + run.dataset.corrupt_images.value
     if skipped:
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None, attn_implementation: str | None = None) 
     run = setup(argv, attn_implementation)
     train(run)
     save(run)
-    cleanup(run)
+    report(run)
     return run
 
 

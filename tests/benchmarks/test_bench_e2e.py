@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from tests_support import REPO_ROOT
 
-BENCH_DIR = REPO_ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
-
-import bench_e2e  # noqa: E402
-import render_efficiency  # noqa: E402
-
-from llava.analysis import DEVICES, LLM_PRESETS, estimate  # noqa: E402
+from benchmarks import bench_e2e, render_efficiency
+from llava.analysis import DEVICES, LLM_PRESETS, estimate
 
 BUDGETS = (64, 128, 192)
 TEXT_TOKENS = 40

@@ -1,13 +1,8 @@
 """``benchmarks/bench_startup.py`` on a small synthetic mix (seconds): its steps run and its JSON says so."""
 
 import json
-import sys
 
-from tests_support import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import bench_startup  # noqa: E402
+from benchmarks import bench_startup
 
 
 def test_startup_benchmark_runs_every_step(tmp_path):

@@ -24,7 +24,7 @@ from tests_support import REPO_ROOT, SHARED, shared_reason
 
 from llava.eval import model_vqa_loader, model_vqa_mmbench, model_vqa_science
 from llava.eval.runner import get_chunk, open_for_append, read_answer_file, split_list
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import load_image, process_images
 
 UPSTREAM = SHARED / "fixtures" / "upstream_eval"
 POPE_QUESTIONS = UPSTREAM / "pope" / "llava_pope_test.jsonl"
@@ -59,7 +59,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def loaded(ckpt: Path):
     """``(tokenizer, model, image_processor)`` loaded independently of the runners."""
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     tokenizer, model, processor, _ = load_pretrained_model(str(ckpt), device="cpu")
     return tokenizer, model, processor
@@ -392,11 +392,9 @@ def test_science_runner_text_only_and_image_items(ckpt, loaded, tmp_path):
         assert [a["prompt"] for a in single] == [u["prompt"] for u in upstream]
 
     tokenizer, model, _ = loaded  # the text-only answer is the language model's alone
-    from llava.eval.runner import build_prompt
+    from llava.prompting import prompt_ids
 
-    ids = tokenizer_image_token(
-        build_prompt("vicuna_v1", single[0]["prompt"]), tokenizer, return_tensors="pt"
-    )
+    ids = prompt_ids(tokenizer, single[0]["prompt"], "vicuna_v1")
     with torch.no_grad():
         out = model.generate(
             ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=4, do_sample=False
@@ -490,3 +488,87 @@ def test_mmbench_runner_prompts_and_options(ckpt, loaded, tmp_path):
     args = model_vqa_mmbench.parser().parse_args([*argv, "--lang", "cn"])
     texts = [q.text for q in model_vqa_mmbench.load_questions(args)]
     assert texts[1] == "<image>\nA hint.\nWhich?\nA. x\nB. y\nC. z\nD. w\n请直接回答选项字母。"
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark declarations (llava.eval.benchmarks): the generation side
+# ---------------------------------------------------------------------------------------------
+
+
+def test_declared_generation_settings_are_the_runners():
+    """Each built-in declaration's runner reads questions with ``load_questions``, defaults to the declared
+    ``max_new_tokens`` and has the declared suffix flag."""
+    import importlib
+
+    from llava.eval import benchmarks
+
+    required = ["--model-path", "m", "--question-file", "q", "--answers-file", "a"]
+    for benchmark in benchmarks.benchmarks():
+        runner = importlib.import_module(benchmark.runner)
+        assert callable(runner.load_questions), benchmark.name
+        parser = runner.parser()
+        assert parser.get_default("max_new_tokens") == benchmark.max_new_tokens, benchmark.name
+        if benchmark.suffix_flag:
+            assert parser.parse_args([*required, benchmark.suffix_flag]).single_pred_prompt
+
+
+def test_a_benchmark_declared_in_a_test_runs_scores_and_reports(ckpt, tmp_path):
+    """A new benchmark is a declaration plus two small functions (question loading for the shared runner
+    machinery, and scoring); the report shows it with no change to ``llava.eval.report``."""
+    from llava.eval import benchmarks, report
+    from llava.eval.benchmarks import Benchmark
+    from llava.eval.io import read_json, read_jsonl, write_scores
+    from llava.eval.runner import ImageFile, Question, build_parser, prompt_with_image, run_main
+
+    toy = Benchmark(
+        name="toy-shapes",
+        column="Shapes",
+        metric="exact_match_percent",
+        metric_name="answers equal to the gold word after lower-casing and stripping, x100",
+        runner=__name__,
+        scorer=__name__,
+        prompt_suffix="Answer with one word.",
+        max_new_tokens=3,
+        parse_answer=lambda text: text.strip().lower(),
+    )
+
+    def load_questions(args):
+        questions = []
+        for i, item in enumerate(read_json(args.question_file)):
+            text = prompt_with_image(f"{item['q']}\n{toy.prompt_suffix}", True)
+            image = ImageFile(Path(args.image_folder) / item["image"])
+            head = {"question_id": item["id"], "prompt": text.removeprefix("<image>\n")}
+            questions.append(Question(item["id"], text, image, head=head, where=f"item {i}"))
+        return questions
+
+    def score(gold: dict, result_file: Path) -> dict:
+        answers = read_jsonl(result_file)
+        right = sum(toy.parse_answer(a["text"]) == gold[a["question_id"]] for a in answers)
+        scores = toy.stamp({"exact_match_percent": 100 * right / len(gold), "count": len(gold)})
+        write_scores(result_file, scores)
+        return scores
+
+    items = [{"id": f"s{i}", "image": f"s{i}.png", "q": "Which shape is red?"} for i in range(3)]
+    for seed, item in enumerate(items):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        make_image(seed).save(tmp_path / "images" / item["image"])
+    (tmp_path / "toy.json").write_text(json.dumps(items))
+    answers = tmp_path / "toy" / "answers" / "tiny-prumerge.jsonl"
+    parser = build_parser("toy", "Answer the toy benchmark.", max_new_tokens=toy.max_new_tokens)
+    parser.add_argument("--image-folder", default="")
+    argv = ["--model-path", str(ckpt), "--question-file", str(tmp_path / "toy.json")]
+    argv += ["--answers-file", str(answers), "--image-folder", str(tmp_path / "images"), "--device", "cpu"]
+
+    benchmarks.register(toy)
+    try:
+        assert run_main(argv, parser, load_questions) == 0
+        lines = read_lines(answers)
+        assert [a["prompt"] for a in lines] == [f"Which shape is red?\n{toy.prompt_suffix}"] * 3
+        scores = score({item["id"]: "rectangle" for item in items}, answers)
+        report.main(["--results", str(tmp_path / "toy"), "--json", str(tmp_path / "r.json")])
+    finally:
+        benchmarks.unregister(toy.name)
+    cell = json.loads((tmp_path / "r.json").read_text())["tiny-prumerge"]["Shapes"]
+    assert cell["score"] == pytest.approx(scores["exact_match_percent"])
+    assert cell["visual_tokens"] == pytest.approx(np.mean([a["num_visual_tokens"] for a in lines]))
+    assert cell["visual_tokens"] > 0

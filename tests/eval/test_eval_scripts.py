@@ -253,6 +253,15 @@ def test_vqav2_script_makes_the_upload_file(ckpt, tmp_path):
     )
     assert [u["question_id"] for u in upload] == [r["question_id"] for r in rows]  # the full test split
     assert [u["answer"] for u in upload[N:]] == ["", ""]  # ids outside test-dev are filled with ""
+    stub = json.loads(
+        (vqav2 / "answers" / "llava_vqav2_mscoco_test-dev2015" / name / "merge.scores.json").read_text()
+    )
+    assert (stub["benchmark"], stub["headline"], stub["server_score"], stub["answers"]) == (
+        "vqav2",
+        "server_score",
+        None,
+        N,
+    )
 
 
 def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
@@ -298,6 +307,8 @@ def test_mmbench_script_makes_the_upload_sheet(ckpt, tmp_path):
     assert list(sheet.columns) == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
     assert sheet["index"].tolist() == list(range(N))
     assert sheet["prediction"].fillna("").tolist() == [a["text"] for a in answers]
+    stub = json.loads((mmbench / "answers" / "mmbench_dev_20230712" / f"{name}.scores.json").read_text())
+    assert (stub["benchmark"], stub["headline"], stub["server_scored"]) == ("mmbench", "server_score", True)
 
 
 def test_run_names_differ_when_settings_differ():

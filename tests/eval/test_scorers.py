@@ -7,6 +7,7 @@ small hand-checked inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 from tests_support import REPO_ROOT, SHARED, needs_shared
 
-from llava.eval import eval_mme, eval_pope, eval_science_qa, eval_textvqa
+from llava.eval import benchmarks, eval_mme, eval_pope, eval_science_qa, eval_textvqa
+from llava.eval.benchmarks import Benchmark
 from llava.eval.io import JSONLError, read_jsonl, scores_path, write_scores
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor, TextVQAAccuracyEvaluator
 from llava.eval.vqav2 import build_submission
@@ -442,6 +444,7 @@ def test_science_qa_small_split(tmp_path: Path) -> None:
     assert (scores["correct"], scores["count"], scores["img_correct"], scores["img_count"]) == (2, 3, 1, 2)
     assert scores["img_accuracy_percent"] == 50.0
     assert scores["failed_to_parse"] == 1
+    assert scores["unanswered"] == 1  # failed_to_parse counts the unanswered item too
 
     (tmp_path / "problems.json").write_text(
         json.dumps({pid: {"answer": 0, "choices": ["x", "y"]} for pid in ("1", "2", "3")})
@@ -615,3 +618,200 @@ def test_report_says_server_only_for_server_benchmarks_that_were_run(tmp_path):
     markdown = report.main(["--results", str(tmp_path)])
     assert "| only-pope | - | - | - | 85.9 | - | - |" in markdown
     assert "| submitted | server | - | - | - | - | - |" in markdown
+
+
+# ---------------------------------------------------------------- benchmark declarations and the report
+
+SCRIPTS = REPO_ROOT / "scripts" / "v1_5" / "eval"
+TABLE1 = ("VQAv2", "SQA-IMG", "TextVQA", "POPE", "MME", "MMB")
+
+
+def test_the_six_declarations_are_table_1_and_match_their_scripts_and_docs() -> None:
+    """Each built-in declaration names a script that runs its runner and its scorer, and a docs row."""
+    declared = benchmarks.benchmarks()
+    assert tuple(b.column for b in declared if b.table1 is not None) == TABLE1
+    assert benchmarks.table1_columns() == TABLE1
+    assert [b.name for b in declared if b.server_scored] == ["vqav2", "mmbench"]
+    docs = (REPO_ROOT / "docs" / "Evaluation.md").read_text()
+    for benchmark in declared:
+        if benchmark.table1 is None:
+            continue
+        script = (SCRIPTS / benchmark.script).read_text()
+        assert benchmark.runner in script and f"-m {benchmark.scorer}" in script, benchmark.name
+        if benchmark.suffix_flag:
+            assert benchmark.suffix_flag in script, benchmark.name
+        assert f"| `{benchmark.script}` |" in docs, benchmark.name
+        assert benchmark.metric_name, benchmark.name
+
+
+@needs_fixtures
+@pytest.mark.parametrize(
+    ("name", "question_file"),
+    [
+        ("pope", "pope/llava_pope_test.jsonl"),
+        ("textvqa", "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
+        ("mme", "mme/llava_mme.jsonl"),
+    ],
+)
+def test_declared_suffix_is_in_the_real_question_files(name: str, question_file: str) -> None:
+    """Benchmarks without a ``suffix_flag`` declare the suffix their question files already end with."""
+    benchmark = benchmarks.get(name)
+    assert benchmark.suffix_flag is None
+    texts = [row["text"] for row in read_jsonl(FIXTURES / question_file)]
+    assert texts and all(text.endswith("\n" + benchmark.prompt_suffix) for text in texts)
+
+
+def test_declared_answer_parsers_are_the_scorers() -> None:
+    assert benchmarks.get("pope").parse_answer("No, there is not.") == "no"
+    assert benchmarks.get("sqa").parse_answer("The answer is C.") == "C"
+    assert benchmarks.get("mme").parse_answer("Yes.") == "yes"
+    assert benchmarks.get("textvqa").parse_answer("The Dog.") == "dog"
+    assert benchmarks.get("mmbench").parse_answer is None  # the server reads the raw text
+
+
+def test_scorers_record_their_headline(tmp_path: Path) -> None:
+    """Score files name their benchmark and headline; server stubs too, keeping a number written by hand."""
+    annotation = tmp_path / "TextVQA_0.5.1_val.json"
+    annotation.write_text(json.dumps({"data": [{"image_id": "i", "question": "Q?", "answers": ["a"] * 10}]}))
+    result_file = write_lines(
+        tmp_path / "run.jsonl", [{"question_id": "i", "prompt": "Q?\nSay.", "text": "a"}]
+    )
+    scores = eval_textvqa.main(["--annotation-file", str(annotation), "--result-file", str(result_file)])
+    written = json.loads(scores_path(result_file).read_text())
+    assert written == scores
+    assert list(written)[:3] == ["benchmark", "headline", "headline_name"]
+    assert (written["benchmark"], written["headline"]) == ("textvqa", "soft_accuracy_percent")
+    assert written["headline_name"] == eval_textvqa.BENCHMARK.metric_name
+    assert written[written["headline"]] == 100.0
+
+    from llava.eval import eval_vqav2
+
+    (tmp_path / "run-a").mkdir()
+    merge = write_lines(tmp_path / "run-a" / "merge.jsonl", [{"question_id": 1, "text": "x"}] * 2)
+    stub = eval_vqav2.main(["--result-file", str(merge), "--upload-file", "up.json"])
+    assert stub == json.loads(scores_path(merge).read_text())
+    assert (stub["benchmark"], stub["headline"], stub["server_score"]) == ("vqav2", "server_score", None)
+    assert stub["server_scored"] is True and stub["answers"] == 2 and stub["upload_file"] == "up.json"
+    scores_path(merge).write_text(json.dumps({**stub, "server_score": 78.5}))
+    assert eval_vqav2.main(["--result-file", str(merge), "--upload-file", "up.json"])["server_score"] == 78.5
+
+    with pytest.raises(KeyError, match="no headline 'mean_f1_percent'"):
+        eval_pope.BENCHMARK.stamp({"mean_accuracy_percent": 1.0})
+
+
+def _score_file(path: Path, scores: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scores))
+
+
+def test_report_reads_score_files_with_and_without_a_headline(tmp_path: Path) -> None:
+    """New files are read by their ``benchmark`` / ``headline``; older ones by their keys and folders."""
+    from llava.eval import eval_mmbench, eval_vqav2, report
+
+    # Older files: no "benchmark"; classified by the score key, or by the folder for a server stub.
+    _score_file(tmp_path / "pope" / "answers" / "old.scores.json", {"mean_f1_percent": 70.0})
+    _score_file(tmp_path / "scienceqa" / "answers" / "old.scores.json", {"img_accuracy_percent": 66.84})
+    _score_file(
+        tmp_path / "vqav2" / "answers" / "split" / "old" / "merge.scores.json", {"server_scored": True}
+    )
+    # New files: found wherever they lie. The POPE file's headline is read from the file; the MMB stub
+    # is in no "mmbench" folder, the VQAv2 stub in no "vqav2" folder.
+    new_pope = eval_pope.BENCHMARK.stamp({"mean_f1_percent": 85.94, "mean_accuracy_percent": 86.98})
+    stub = {"server_scored": True, "server_score": 64.3, "answers": 3, "upload_file": "x.xlsx"}
+    _score_file(tmp_path / "elsewhere" / "new.scores.json", new_pope)
+    _score_file(tmp_path / "stubs" / "new.scores.json", eval_mmbench.BENCHMARK.stamp(stub))
+    _score_file(
+        tmp_path / "stubs" / "new" / "merge.scores.json",
+        eval_vqav2.BENCHMARK.stamp({**stub, "server_score": None}),
+    )
+    # Neither form: not a benchmark's score file.
+    _score_file(tmp_path / "other" / "x.scores.json", {"accuracy": 1.0})
+
+    markdown = report.main(["--results", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    assert "| Model | VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB |\n" in markdown
+    assert "| old | server | 66.8 | - | 70.0 | - | - |\n" in markdown
+    assert "| new | server | - | - | 85.9 | - | 64.3 |\n" in markdown
+    table = json.loads((tmp_path / "r.json").read_text())
+    assert set(table) == {"old", "new"}
+    assert set(table["new"]) == set(TABLE1)
+    assert table["new"]["POPE"]["score"] == 85.94
+    assert table["new"]["VQAv2"]["file"].endswith("stubs/new/merge.scores.json")
+
+
+# A benchmark declared here, in a test module: its data, its scorer, and nothing else.
+TOY = Benchmark(
+    name="toy-colour",
+    column="Colour",
+    metric="exact_match_percent",
+    metric_name="answers equal to the gold colour after lower-casing and stripping a final period, x100",
+    runner="llava.eval.model_vqa_loader",
+    scorer=__name__,
+    prompt_suffix="Answer with one colour word.",
+    parse_answer=lambda text: text.strip().rstrip(".").lower(),
+)
+
+
+def score_toy(gold_file: Path, result_file: Path) -> dict:
+    """The toy benchmark's scorer: exact match against ``{question_id: colour}``, written beside the answers."""
+    gold = json.loads(gold_file.read_text())
+    answers = read_jsonl(result_file)
+    right = sum(TOY.parse_answer(a["text"]) == gold[str(a["question_id"])] for a in answers)
+    scores = TOY.stamp({"exact_match_percent": 100 * right / len(gold), "count": len(gold)})
+    write_scores(result_file, scores)
+    return scores
+
+
+@pytest.fixture
+def toy_benchmark():
+    benchmarks.register(TOY)
+    yield TOY
+    benchmarks.unregister(TOY.name)
+
+
+def _toy_run(tmp_path: Path) -> None:
+    gold = tmp_path / "toy" / "gold.json"
+    (gold.parent / "answers").mkdir(parents=True)
+    gold.write_text(json.dumps({"1": "red", "2": "blue", "3": "green", "4": "red"}))
+    answers = [
+        {"question_id": 1, "text": "Red.", "num_visual_tokens": 32},
+        {"question_id": 2, "text": "blue", "num_visual_tokens": 40},
+        {"question_id": 3, "text": "yellow", "num_visual_tokens": 36},
+        {"question_id": 4, "text": "RED", "num_visual_tokens": 36},
+    ]
+    scores = score_toy(gold, write_lines(tmp_path / "toy" / "answers" / "tiny-prumerge.jsonl", answers))
+    assert scores["exact_match_percent"] == 75.0
+    _score_file(tmp_path / "pope" / "answers" / "tiny-prumerge.scores.json", {"mean_f1_percent": 76.3})
+
+
+def test_a_benchmark_declared_in_a_test_module_appears_in_the_report(toy_benchmark, tmp_path, capsys):
+    from llava.eval import report
+
+    _toy_run(tmp_path)
+    markdown = report.main(["--results", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    assert "| Model | VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB | Colour |\n" in markdown
+    assert "| tiny-prumerge | - | - | - | 76.3 | - | - | 75.0 |\n" in markdown
+    assert "| tiny-prumerge | - | - | - | - | - | - | 36.0 |\n" in markdown  # mean visual tokens
+    cell = json.loads((tmp_path / "r.json").read_text())["tiny-prumerge"]["Colour"]
+    assert cell["score"] == 75.0 and cell["visual_tokens"] == 36.0
+    # A server score for the new column is accepted too, and a benchmark's column is its own.
+    assert "| other | - | - | - | - | - | - | 12.0 |" in report.main(
+        ["--results", str(tmp_path), "--server-score", "other:Colour=12"]
+    )
+    with pytest.raises(ValueError, match="both use column 'POPE'"):
+        benchmarks.register(dataclasses.replace(TOY, name="toy-2", column="POPE"))
+
+
+def test_an_undeclared_benchmark_is_left_out_of_the_report(tmp_path, capsys):
+    """Without the toy's declaration, its score file is skipped (with a note) and Table 1 is unchanged."""
+    from llava.eval import report
+
+    benchmarks.register(TOY)
+    try:
+        _toy_run(tmp_path)
+    finally:
+        benchmarks.unregister(TOY.name)
+    markdown = report.main(["--results", str(tmp_path)])
+    assert "| Model | VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB |\n" in markdown
+    assert "| tiny-prumerge | - | - | - | 76.3 | - | - |\n" in markdown
+    assert "Colour" not in markdown
+    assert "'toy-colour', which is not declared here; skipped" in capsys.readouterr().err

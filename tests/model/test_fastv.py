@@ -127,7 +127,7 @@ def test_evaluation_runner_generation_uses_fastv(fastv_model):
     pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(6))
     kwargs = {"max_new_tokens": 5, "do_sample": False, "eos_token_id": None, "pad_token_id": 0}
     loaded = Loaded(tokenizer=tokenizer, model=model, image_processor=None, model_name="tiny")
-    from llava.model.fastv import FastV
+    from llava.model.token_reduction.fastv import FastV
 
     with mock.patch.object(FastV, "keep", autospec=True, side_effect=FastV.keep) as keep:
         texts, _, _ = generate_batch(loaded, [prompt], pixels, kwargs)

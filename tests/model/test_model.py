@@ -5,10 +5,9 @@ import contextlib
 import pytest
 import torch
 from safetensors import safe_open
+from tests_support import pad_left, prompt_ids
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template
-from llava.mm_utils import tokenizer_image_token
 from llava.model.convert_llava_hf import to_hf
 from llava.model.llava_arch import splice_visual_tokens
 
@@ -23,24 +22,18 @@ def reduction(model, value):
         model.set_token_reduction(previous)
 
 
-def prompt_ids(tokenizer, question: str, image: bool = True) -> torch.Tensor:
-    conv = get_conv_template("vicuna_v1")
-    conv.append_message(conv.roles[0], ("<image>\n" if image else "") + question)
-    conv.append_message(conv.roles[1], None)
-    return tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")
-
-
 def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 336, 336, generator=torch.Generator().manual_seed(seed))
 
 
 def pad(seqs: list[torch.Tensor], side: str, value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    if side == "left":
+        return pad_left(seqs, value)
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
-        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
-        ids[i, sl], mask[i, sl] = s, 1
+        ids[i, : len(s)], mask[i, : len(s)] = s, 1
     return ids, mask
 
 

@@ -308,8 +308,7 @@ def test_ratio_is_a_budget_relative_to_n():
 
 def test_no_reducer_returns_more_tokens_than_it_got_or_an_all_zero_token():
     """Adaptive PruMerge+ when >= 116 outliers include the last patch: every patch becomes a centre."""
-    from llava.model.token_reduction import ReductionConfig, get_reducer
-    from llava.model.token_reduction.reducers import ReducerInputs, outlier_count
+    from llava.model.token_reduction import ReducerInputs, ReductionConfig, get_reducer, outlier_count
 
     n, generator = 576, torch.Generator().manual_seed(3)
     attention = torch.full((1, n), 1e-4) + 1e-7 * torch.rand(1, n, generator=generator)
@@ -332,7 +331,7 @@ def test_no_reducer_returns_more_tokens_than_it_got_or_an_all_zero_token():
 
 def _inputs_16(attention_values: dict[int, float]):
     """A 4 x 4 grid whose class attention is 0.01 + a tiny raster ramp, with some patches set high."""
-    from llava.model.token_reduction.reducers import ReducerInputs
+    from llava.model.token_reduction import ReducerInputs
 
     attention = 0.01 + 1e-5 * torch.arange(16, dtype=torch.float32)
     for patch, value in attention_values.items():
@@ -363,8 +362,8 @@ def test_budgeted_prumerge_plus_selects_by_hand():
 
 
 def test_paper_variant_never_returns_nothing_and_its_lattice_rounds():
-    from llava.model.token_reduction import ReductionConfig, get_reducer
-    from llava.model.token_reduction.reducers import _lattice, outlier_count
+    from llava.model.token_reduction import ReductionConfig, get_reducer, outlier_count
+    from llava.model.token_reduction.reducers import _lattice
 
     flat = _inputs_16({})  # no IQR outlier at all
     assert int(outlier_count(flat.attention)[0]) == 0

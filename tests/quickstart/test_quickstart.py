@@ -12,7 +12,7 @@ import sys
 import pytest
 from tests_support import REPO_ROOT
 
-from llava.model.builder import checkpoint_kind
+from llava.model.loader import checkpoint_kind
 from llava.quickstart.data import DatasetPaths, generate_dataset
 from llava.quickstart.pipeline import (
     METHODS,

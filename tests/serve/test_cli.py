@@ -17,6 +17,8 @@ from tests_support import REPO_ROOT
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.model.token_reduction import ReductionConfig
+from llava.model.token_reduction.args import reduction_from_args
+from llava.prompting import generation_kwargs
 from llava.serve import cli
 
 TOKEN_LINE = re.compile(r"^\[llava\] image: 3 x 336 x 336 -> (\d+) visual tokens \((.+)\)$", re.MULTILINE)
@@ -40,7 +42,7 @@ def image_file(shapes_image: Path) -> Path:
 def loaded(ckpt: Path, image_file: Path):
     """``(tokenizer, model, pixels)`` loaded independently of the CLI."""
     from llava.mm_utils import process_images
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     tokenizer, model, processor, _ = load_pretrained_model(str(ckpt), device="cpu")
     pixels = process_images([Image.open(image_file)], processor, "pad")
@@ -197,30 +199,30 @@ def test_conv_mode_default_and_override(ckpt, image_file, tmp_path):
 
 def test_generation_kwargs_greedy_and_sampling(loaded):
     tokenizer = loaded[0]
-    greedy = cli.generation_kwargs(0.0, 7, tokenizer)
+    greedy = generation_kwargs(tokenizer, 7, 0.0)
     assert greedy["do_sample"] is False and "temperature" not in greedy
     assert (greedy["max_new_tokens"], greedy["eos_token_id"]) == (7, tokenizer.eos_token_id)
-    sampled = cli.generation_kwargs(0.7, 7, tokenizer)
+    sampled = generation_kwargs(tokenizer, 7, 0.7)
     assert (sampled["do_sample"], sampled["temperature"]) == (True, 0.7)
 
 
 def test_reduction_from_args_merges_flags():
     args = cli.build_parser().parse_args(["--model-path", "m", "--image-file", "i"])
     recorded = ReductionConfig(method="spatial", grid=(5, 8), budget=40)
-    assert cli.reduction_from_args(recorded, args) is None
+    assert reduction_from_args(recorded, args) is None
     args.token_reduction = "none"
-    assert cli.reduction_from_args(recorded, args) == ReductionConfig(method="none")
+    assert reduction_from_args(recorded, args) == ReductionConfig(method="none")
     args.token_reduction, args.reduction_budget = "prumerge_plus", 0
-    assert cli.reduction_from_args(recorded, args) == ReductionConfig(method="prumerge_plus")
+    assert reduction_from_args(recorded, args) == ReductionConfig(method="prumerge_plus")
     args.token_reduction, args.reduction_budget, args.reduction_form = None, 20, "fixed"
     with pytest.raises(ValueError, match="the 'spatial' reducer has none"):  # the fixed form is PruMerge+'s
-        cli.reduction_from_args(recorded, args)
+        reduction_from_args(recorded, args)
     args.token_reduction = "prumerge_plus"  # a new method drops the recorded grid
-    assert cli.reduction_from_args(recorded, args) == ReductionConfig(
+    assert reduction_from_args(recorded, args) == ReductionConfig(
         method="prumerge_plus", budget=20, form="fixed"
     )
     args.token_reduction, args.reduction_form = "prumerge", None  # and the fixed form
-    assert cli.reduction_from_args(ReductionConfig("prumerge_plus", form="fixed"), args).form == "adaptive"
+    assert reduction_from_args(ReductionConfig("prumerge_plus", form="fixed"), args).form == "adaptive"
 
 
 def test_missing_image_fails_in_a_subprocess(ckpt, tmp_path):
@@ -284,9 +286,7 @@ def test_reduction_flags_apply_together():
     flags = argparse.Namespace(
         token_reduction="spatial", reduction_variant=None, reduction_form=None, reduction_budget=36
     )
-    assert cli.reduction_from_args(ReductionConfig("prumerge"), flags) == ReductionConfig(
-        "spatial", budget=36
-    )
+    assert reduction_from_args(ReductionConfig("prumerge"), flags) == ReductionConfig("spatial", budget=36)
 
 
 def test_dtype_float16_on_cpu_is_allowed(ckpt, image_file):

@@ -54,7 +54,7 @@ def predictor(ckpt: Path):
 def greedy_answer(ckpt: Path, image_file: Path, reduction: str, max_new_tokens: int) -> str:
     """The model's own greedy answer to ``QUESTION``, loaded independently with ``reduction``."""
     from llava.mm_utils import process_images, tokenizer_image_token
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     tokenizer, model, processor, _ = load_pretrained_model(str(ckpt), device="cpu", token_reduction=reduction)
     pixels = process_images([Image.open(image_file)], processor, "pad")

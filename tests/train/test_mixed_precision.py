@@ -118,7 +118,7 @@ def test_full_and_projector_checkpoints_record_the_dtype_written(train_workspace
 
 def test_16_bit_weights_are_recorded_as_such(tiny_llava_dir, tmp_path):
     """DeepSpeed hands over its 16-bit weights for saving: the config must then say bfloat16."""
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
     from llava.train.llava_trainer import save_lora_extras, save_projector
 
     _, model, _, _ = load_pretrained_model(str(tiny_llava_dir), device="cpu", dtype=torch.bfloat16)
@@ -147,7 +147,7 @@ def test_a_non_finite_loss_stops_the_run_before_any_update(train_workspace, tmp_
 
 
 def test_non_finite_weights_are_not_written(tiny_llava_dir, tmp_path):
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
     from llava.train.llava_trainer import save_projector
 
     _, model, _, _ = load_pretrained_model(str(tiny_llava_dir), device="cpu")

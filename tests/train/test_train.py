@@ -72,7 +72,7 @@ def test_lora_with_prumerge_plus_lowers_the_loss_and_loads(train_workspace, tmp_
         assert len(is_projector) == 1  # a group is all projector or all LoRA
         assert group["initial_lr"] == (5e-3 if is_projector == {True} else 1e-2)
 
-    from llava.model.builder import load_pretrained_model
+    from llava.model.loader import load_pretrained_model
 
     merged = tmp_path / "merged"  # save -> merge -> load -> generate
     from importlib.util import module_from_spec, spec_from_file_location

@@ -8,6 +8,7 @@ from PIL import Image
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import load_image_processor, tokenizer_image_token
+from llava.prompting import prompt_ids
 from llava.train.data import BadSampleError, DataCollatorForSupervisedDataset, LazySupervisedDataset, render
 
 MULTI_TURN = {
@@ -93,6 +94,8 @@ def test_vicuna_labels_are_exactly_the_answers(data_dir, tiny_tokenizer_dir):
         get_conv_template("v1").system + " USER: <image>\nWhat is the colour of the ball? ASSISTANT: The ball"
     )
     assert item["input_ids"].tolist() == tokenizer_image_token(text, tok)
+    first = prompt_ids(tok, "What is the colour of the ball?\n<image>", "v1").tolist()  # the runner's prompt
+    assert item["input_ids"].tolist()[: len(first)] == first
     text_only = ds[1]
     assert labelled_runs(text_only, tok) == ["Hello hello!</s>", "Hello.</s>"]
     assert "image" not in text_only and not (text_only["input_ids"] == IMAGE_TOKEN_INDEX).any()

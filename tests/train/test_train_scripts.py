@@ -15,7 +15,7 @@ import pytest
 import torch
 from tests_support import REPO_ROOT
 
-from llava.model.builder import checkpoint_kind, load_pretrained_model
+from llava.model.loader import checkpoint_kind, load_pretrained_model
 
 pytestmark = pytest.mark.slow
 

@@ -13,17 +13,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, LlamaConfig, LlamaModel
+from transformers import GenerationMixin, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
-from llava.model import fastv
+from llava.model.configuration_llava import LlavaConfig
 from llava.model.llava_arch import MultimodalInputs, splice_visual_tokens
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.token_reduction import ReductionConfig
-from llava.model.token_reduction.in_llm import InLLMPruning
+from llava.model.token_reduction.in_llm import InLLMMethod, InLLMPruning
+from llava.model.token_reduction.registry import get_reducer
 
 VISION_TOWER_PREFIX = "model.vision_tower."
 
@@ -44,33 +45,20 @@ class LlavaCausalLMOutput(CausalLMOutputWithPast):
     num_visual_tokens: torch.Tensor | None = None
 
 
-class LlavaConfig(LlamaConfig):
-    """A ``LlamaConfig`` plus upstream LLaVA's ``mm_*`` fields and the recorded ``mm_token_reduction``.
-
-    Upstream fields: ``mm_vision_tower``, ``mm_hidden_size``, ``mm_vision_select_layer`` (−2),
-    ``mm_vision_select_feature`` (``patch``), ``mm_projector_type`` (``mlp2x_gelu``),
-    ``mm_use_im_start_end``, ``mm_use_im_patch_token``, ``image_aspect_ratio`` (``pad``),
-    ``mm_patch_merge_type``, ``tokenizer_model_max_length``, ``tokenizer_padding_side``, ``use_mm_proj``,
-    ``tune_mm_mlp_adapter``, ``mm_projector_lr``. ``mm_token_reduction`` is a dict (see
-    :class:`llava.model.token_reduction.ReductionConfig`); absent means no reduction.
-    """
-
-    model_type = "llava_llama"
-
-
 class LlavaLlamaModel(LlamaModel):
     """The Llama decoder plus ``vision_tower`` and ``mm_projector`` when the config names a tower."""
 
     config_class = LlavaConfig
 
     def __init__(self, config: LlavaConfig) -> None:
+        config = LlavaConfig.from_object(config)
         super().__init__(config)
-        if getattr(config, "mm_use_im_start_end", False) or getattr(config, "mm_use_im_patch_token", False):
+        if config.mm_use_im_start_end or config.mm_use_im_patch_token:
             raise ValueError(
                 "mm_use_im_start_end / mm_use_im_patch_token (LLaVA v0/v1 image tokens) are not supported; "
                 "LLaVA-1.5 checkpoints set both to false."
             )
-        if getattr(config, "mm_vision_tower", None):
+        if config.mm_vision_tower:
             self.vision_tower = build_vision_tower(config, load_weights=False)
             self.mm_projector = build_vision_projector(config)
         # hooks on the decoder layers' calls, idle unless an in-LLM reduction (FastV) runs a forward pass
@@ -85,13 +73,13 @@ class LlavaLlamaModel(LlamaModel):
         tower = self.get_vision_tower()
         return tower.reduction if tower is not None and tower.reduction.in_llm else None
 
-    def in_llm_method(self) -> fastv.FastV | None:
+    def in_llm_method(self) -> InLLMMethod | None:
         """The in-LLM method to run on the decoder layers' calls, or None."""
         reduction = self.in_llm_reduction()
         if reduction is None:
             return None
         if self._in_llm_method is None or self._in_llm_method.config != reduction:
-            self._in_llm_method = fastv.FastV(reduction)
+            self._in_llm_method = get_reducer(reduction.method).in_llm_method(reduction)
         return self._in_llm_method
 
 
@@ -108,6 +96,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq", r"model\.vision_tower\."]
 
     def __init__(self, config: LlavaConfig) -> None:
+        config = LlavaConfig.from_object(config)  # e.g. a base LLM's LlamaConfig: the LLaVA fields' defaults
         LlamaPreTrainedModel.__init__(self, config)
         self.model = LlavaLlamaModel(config)
         self.vocab_size = config.vocab_size
@@ -119,6 +108,11 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
 
     def get_vision_tower(self) -> CLIPVisionTower | None:
         return self.model.get_vision_tower()
+
+    @property
+    def token_reduction(self) -> ReductionConfig:
+        """The reduction the model runs (what ``config.mm_token_reduction`` records; none when absent)."""
+        return ReductionConfig.from_value(self.config.mm_token_reduction)
 
     def set_token_reduction(
         self, reduction: ReductionConfig | dict[str, Any] | str | None
@@ -176,8 +170,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             tokens,
             lengths,
             self.get_input_embeddings(),
-            max_length=getattr(self.config, "tokenizer_model_max_length", None),
-            padding_side=padding_side or getattr(self.config, "tokenizer_padding_side", "right"),
+            max_length=self.config.tokenizer_model_max_length,
+            padding_side=padding_side or self.config.tokenizer_padding_side,
         )
 
     def _no_images(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,6 +197,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         Splicing happens when ``images`` are given, and in training for every batch (a text-only batch
         splices zero images). The output adds ``truncated`` and ``num_visual_tokens`` per sample.
         ``visual_mask`` / ``query_index`` are for FastV when ``inputs_embeds`` are given directly.
+        ``image_sizes`` is accepted for upstream's call signature and unused: it serves LLaVA-NeXT's
+        any-resolution tiling, and LLaVA-1.5 brings every image to the tower's square input.
         ``logits_to_keep`` is Llama's (0 = every position); being in this signature is what makes
         ``generate`` ask for the last position only in prefill instead of the LM head over the whole prompt.
         The KV cache and every other keyword pass through to Llama under whatever name it uses.
@@ -251,8 +247,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     ) -> torch.Tensor:
         """Generation with images spliced once, left-padded. Returns only the new tokens ``[B, T_new]``.
 
-        ``attention_mask`` marks padding in ``inputs`` (either side). Without ``images`` the prompt is
-        text only; the output is still only the new tokens, as upstream LLaVA. With ``inputs_embeds``
+        ``attention_mask`` marks padding in ``inputs`` (either side). ``image_sizes`` is unused (see
+        :meth:`forward`). Without ``images`` the prompt is text only; the output is still only the new tokens, as upstream LLaVA. With ``inputs_embeds``
         instead of ``inputs`` this is transformers' own generation.
         """
         if inputs is None:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from llava.model.configuration_llava import LlavaConfig
 
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 
 
-def build_vision_projector(config: Any) -> nn.Module:
-    """The projector named by ``config.mm_projector_type``.
+def build_vision_projector(config: LlavaConfig) -> nn.Module:
+    """The projector named by ``config.mm_projector_type`` (``linear`` when the config does not say).
 
     ``linear`` is one Linear(mm_hidden_size → hidden_size); ``mlp{N}x_gelu`` is that Linear followed
     by N−1 × [GELU (exact erf form), Linear(hidden_size → hidden_size)] (LLaVA-1.5: ``mlp2x_gelu``,
     keys ``mm_projector.0`` and ``mm_projector.2``); ``identity`` passes the features through.
     """
-    kind = getattr(config, "mm_projector_type", "linear")
+    kind = config.mm_projector_type
     if kind == "linear":
         return nn.Linear(config.mm_hidden_size, config.hidden_size)
     if kind == "identity":

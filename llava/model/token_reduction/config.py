@@ -2,69 +2,151 @@
 
 The reduction a model was trained or evaluated with is part of the checkpoint: it is written to
 ``config.json`` as ``mm_token_reduction`` (a plain dict, see :meth:`ReductionConfig.to_dict`).
+
+Each field is declared once, with its command-line flag, parser and help (:class:`OptionSpec`); every
+surface that sets a reduction (the command lines, the training arguments, lmms-eval's ``model_args``,
+Cog and the demo) is generated from these declarations by :mod:`llava.model.token_reduction.args`.
+Which fields a method reads, and what it requires of them, is declared by the method's registry entry.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
+from llava.model.token_reduction.registry import get_reducer
+
 VARIANTS = ("reference", "paper")
-
-
-def get_in_llm(method: str) -> bool:
-    from llava.model.token_reduction.registry import get_reducer
-
-    return get_reducer(method).in_llm
-
-
 PLUS_FORMS = ("adaptive", "fixed")
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"5x8"`` or ``"5,8"`` → ``(5, 8)``."""
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"A grid is two positive integers written ROWSxCOLS (e.g. 5x8), got {text!r}.")
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one :class:`ReductionConfig` field appears on the command line and in ``model_args``.
+
+    Attributes:
+        flag: the long command-line flag without dashes (``token-reduction``, ``reduction-budget``);
+            its underscore form (``reduction_budget``) is the training flag and the lmms-eval key.
+        help: one line of help.
+        parse: text → value (``int``, ``float``, :func:`parse_grid`, ...).
+        choices: the valid values, when they are a fixed list.
+        metavar: the placeholder shown in ``--help``.
+        clear_with: the command-line value that clears the option back to its default (None: none).
+        every_method: accepted by every method (``variant``: which reading of a method to run, recorded
+            even where both readings agree), so never reset or refused as unused.
+    """
+
+    flag: str
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    clear_with: Any = None
+    every_method: bool = False
+
+    @property
+    def arg_name(self) -> str:
+        return self.flag.replace("-", "_")
+
+
+def option(default: Any, flag: str, help: str, **spec: Any) -> Any:
+    """A dataclass field declared together with its :class:`OptionSpec`."""
+    return field(default=default, metadata={"option": OptionSpec(flag=flag, help=help, **spec)})
 
 
 @dataclass(frozen=True)
 class ReductionConfig:
-    """Which reducer runs on the vision tower's output, and its options.
+    """Which reducer runs, and its options.
 
     Attributes:
-        method: a registered reducer name (``none``, ``prumerge``, ``prumerge_plus``, ``aits``,
-            ``sequential``, ``spatial``); see :func:`llava.model.token_reduction.available_reducers`.
+        method: a registered reducer name; :func:`llava.model.token_reduction.available_reducers`
+            lists them, ``docs/TokenReduction.md`` and ``docs/ComparisonReducers.md`` describe them.
         variant: ``reference`` (the authors' released code, which the released PruMerge checkpoints
             expect) or ``paper`` (Algorithm 1 read literally).
         form: PruMerge+ only: ``adaptive`` (stride from the outlier count) or ``fixed`` (N/8 kept
             by attention plus N/8 spatial samples, the authors' training form).
-        budget: a fixed number of output tokens per image. Replaces the IQR outlier count by the top
-            tokens by class attention, so methods can be compared at equal budgets. ``None`` keeps
-            each method's adaptive count. Required by ``sequential``; ``spatial`` takes it or ``grid``.
+        budget: a fixed number of output tokens per image (for PruMerge, the top tokens by class
+            attention instead of the IQR outlier count), so methods can be compared at equal budgets.
+            ``None`` keeps each method's adaptive count; methods without one require a budget or ratio.
         ratio: a fixed share of the N tokens to keep, instead of ``budget`` (``budget = round(ratio * N)``,
             at least 1); see :meth:`for_tokens`.
         num_neighbors: neighbours merged into each kept token (32 in the paper and the code).
         iqr_scale: the outlier fence is ``Q3 + iqr_scale * (Q3 - Q1)``.
         grid: ``spatial`` only: rows and columns of the evenly spread grid, e.g. ``(5, 8)``.
-        llm_layer: ``fastv`` only: the language-model layer K after which visual tokens are dropped.
+        llm_layer: in-LLM methods: the language-model layer K after which visual tokens are dropped.
+
+    A method reads only the fields its registry entry lists (:attr:`Reducer.options`); giving any other
+    field a non-default value raises, so a flag never silently does nothing.
     """
 
-    method: str = "none"
-    variant: str = "reference"
-    form: str = "adaptive"
-    budget: int | None = None
-    ratio: float | None = None
-    num_neighbors: int = 32
-    iqr_scale: float = 1.5
-    grid: tuple[int, int] | None = None
-    llm_layer: int = 2
+    method: str = option("none", "token-reduction", "reducer name, e.g. none, prumerge", metavar="METHOD")
+    variant: str = option(
+        "reference",
+        "reduction-variant",
+        "reference (the authors' code) or paper",
+        choices=VARIANTS,
+        every_method=True,
+    )
+    form: str = option("adaptive", "reduction-form", "PruMerge+ only: adaptive or fixed", choices=PLUS_FORMS)
+    budget: int | None = option(
+        None,
+        "reduction-budget",
+        "fixed number of visual tokens per image; 0 = none (each method's adaptive count)",
+        parse=int,
+        metavar="N",
+        clear_with=0,
+    )
+    ratio: float | None = option(
+        None, "reduction-ratio", "share of the visual tokens to keep, in (0, 1]", parse=float, metavar="R"
+    )
+    num_neighbors: int = option(
+        32, "reduction-num-neighbors", "neighbours merged into each kept token", parse=int, metavar="K"
+    )
+    iqr_scale: float = option(
+        1.5, "reduction-iqr-scale", "outlier fence Q3 + s * (Q3 - Q1)", parse=float, metavar="S"
+    )
+    grid: tuple[int, int] | None = option(
+        None,
+        "reduction-grid",
+        "spatial only: ROWSxCOLS of the grid, e.g. 5x8",
+        parse=parse_grid,
+        metavar="RxC",
+    )
+    llm_layer: int = option(
+        2,
+        "reduction-llm-layer",
+        "in-LLM methods: the LLM layer after which tokens drop",
+        parse=int,
+        metavar="K",
+    )
 
     def __post_init__(self) -> None:
-        from llava.model.token_reduction.registry import get_reducer
+        reducer = get_reducer(self.method)  # raises with the list of valid names
+        if self.grid is not None:
+            grid = tuple(int(g) for g in self.grid)
+            if len(grid) != 2 or min(grid) < 1:
+                raise ValueError(f"grid must be two positive integers (rows, cols), got {self.grid!r}.")
+            object.__setattr__(self, "grid", grid)
+        self._check_values()
+        if reducer.check is not None:
+            reducer.check(self)
+        self._check_unused(reducer.options)
 
-        get_reducer(self.method)  # raises with the list of valid names
+    def _check_values(self) -> None:
+        """Checks that hold whatever the method."""
         if self.variant not in VARIANTS:
             raise ValueError(f"Unknown reduction variant {self.variant!r}; choose one of {list(VARIANTS)}.")
         if self.form not in PLUS_FORMS:
             raise ValueError(f"Unknown PruMerge+ form {self.form!r}; choose one of {list(PLUS_FORMS)}.")
-        if self.form == "fixed" and self.method != "prumerge_plus":
-            raise ValueError(
-                f"The fixed form (reduction form 'fixed') is PruMerge+'s; the {self.method!r} reducer has none."
-            )
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"Token budget must be a positive number of tokens, got {self.budget}.")
         if self.ratio is not None and not 0 < self.ratio <= 1:
@@ -73,22 +155,31 @@ class ReductionConfig:
             raise ValueError("Give a token budget or a ratio, not both.")
         if self.num_neighbors < 0:
             raise ValueError(f"num_neighbors must be >= 0, got {self.num_neighbors}.")
-        if self.grid is not None:
-            grid = tuple(int(g) for g in self.grid)
-            if len(grid) != 2 or min(grid) < 1:
-                raise ValueError(f"grid must be two positive integers (rows, cols), got {self.grid!r}.")
-            object.__setattr__(self, "grid", grid)
-        if self.method == "fastv" and self.budget is None and self.ratio is None:
-            raise ValueError("The 'fastv' reducer needs a visual-token budget or ratio (e.g. ratio=0.5).")
         if self.llm_layer < 0:
             raise ValueError(f"llm_layer must be >= 0, got {self.llm_layer}.")
-        if self.method == "sequential" and self.budget is None and self.ratio is None:
-            raise ValueError("The 'sequential' reducer needs a token budget (e.g. budget=40).")
-        if self.method == "spatial" and self.budget is None and self.ratio is None and self.grid is None:
-            raise ValueError("The 'spatial' reducer needs a grid (e.g. grid=(5, 8)) or a token budget.")
-        if self.method == "none" and (self.budget is not None or self.ratio is not None):
+
+    def _check_unused(self, used: frozenset[str]) -> None:
+        """A field the method does not read must keep its default."""
+        for f in option_fields():
+            spec = f.metadata["option"]
+            if (
+                f.name == "method"
+                or spec.every_method
+                or f.name in used
+                or getattr(self, f.name) == f.default
+            ):
+                continue
             raise ValueError(
-                "The 'none' reducer keeps every token; use 'sequential' or another method for a budget."
+                f"{f.name}={getattr(self, f.name)!r} (--{spec.flag}) is an option of other reducers; "
+                f"the {self.method!r} reducer has none (it reads: {', '.join(sorted(used)) or 'no options'})."
+            )
+
+    def require_budget_or_ratio(self, example: str) -> None:
+        """For methods with no adaptive count: raises unless a budget or ratio is given."""
+        if self.budget is None and self.ratio is None:
+            raise ValueError(
+                f"The {self.method!r} reducer needs a token budget or ratio (e.g. {example}); "
+                "it has no adaptive count."
             )
 
     @classmethod
@@ -108,30 +199,32 @@ class ReductionConfig:
             )
         return cls(**value)
 
-    def replace(self, **changes: Any) -> ReductionConfig:
-        """A copy with some fields changed (``None`` values are ignored).
+    def replace(self, reset: Iterable[str] = (), **changes: Any) -> ReductionConfig:
+        """A copy with some fields changed (``None`` values are ignored) and the ``reset`` ones at their defaults.
 
-        Changing the method drops the old method's ``grid``, and switching to ``none`` drops the budget,
-        unless they are given again.
+        Changing the method resets the options the new method does not read, unless they are given
+        again: e.g. the recorded ``grid`` of ``spatial`` is dropped on a switch to ``prumerge_plus``, and
+        a switch to ``none`` drops the budget.
         """
         values = self.to_dict()
+        values.update({f.name: f.default for f in option_fields() if f.name in set(reset)})
         method = changes.get("method")
         if method is not None and method != self.method:
-            values["grid"] = None
-            values["form"] = "adaptive"  # the fixed form is PruMerge+'s alone
-            if method == "none":
-                values["budget"] = values["ratio"] = None
+            used = get_reducer(method).options
+            for f in option_fields():
+                if f.name != "method" and not f.metadata["option"].every_method and f.name not in used:
+                    values[f.name] = f.default
         values.update({k: v for k, v in changes.items() if v is not None})
         return ReductionConfig.from_value(values)
 
     @property
     def in_llm(self) -> bool:
         """True for methods that act inside the language model (the tower keeps every token)."""
-        return get_in_llm(self.method)
+        return get_reducer(self.method).in_llm
 
     def for_tokens(self, n: int) -> ReductionConfig:
         """This config for images of ``n`` tokens: a ``ratio`` becomes the equivalent ``budget``."""
-        if self.ratio is None or get_in_llm(self.method):
+        if self.ratio is None or self.in_llm:
             return self
         values = {**self.to_dict(), "ratio": None, "budget": max(round(self.ratio * n), 1)}
         return ReductionConfig.from_value(values)
@@ -148,7 +241,7 @@ class ReductionConfig:
         parts = [self.method]
         if self.method != "none":
             parts.append(self.variant)
-        if self.method == "prumerge_plus":
+        if "form" in get_reducer(self.method).options:
             parts.append(self.form)
         if self.budget is not None:
             parts.append(f"budget={self.budget}")
@@ -157,3 +250,8 @@ class ReductionConfig:
         if self.grid is not None:
             parts.append(f"grid={self.grid[0]}x{self.grid[1]}")
         return "/".join(parts)
+
+
+def option_fields() -> list[Field]:
+    """The fields of :class:`ReductionConfig`, each with its :class:`OptionSpec` in ``metadata["option"]``."""
+    return [f for f in fields(ReductionConfig) if f.default is not MISSING]

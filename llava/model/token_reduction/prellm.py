@@ -8,7 +8,7 @@
 
 Both need a fixed budget (``budget`` or ``ratio``), so every image gets exactly ``min(budget, N)``
 tokens and the outputs need no padding; as in :mod:`llava.model.token_reduction.reducers` the only
-host synchronisation is the one in ``_order_centres``, once per batch. A budget of ``N`` or more
+host synchronisation is the one in ``order_centres``, once per batch. A budget of ``N`` or more
 returns the full sequence in raster order. ``docs/ComparisonReducers.md`` lists where these
 implementations deviate from the authors' code.
 """
@@ -18,37 +18,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llava.model.token_reduction.config import ReductionConfig
-from llava.model.token_reduction.reducers import (
+from llava.model.token_reduction.base import (
+    BUDGET_OPTIONS,
     ReducedTokens,
     ReducerInputs,
-    _finish,
-    _gather_tokens,
-    _order_centres,
-    _patch_index,
-    _require_attention,
+    check_budget_given,
     descending_rank,
+    finish,
+    full_sequence,
+    gather_tokens,
+    order_centres,
+    patch_index,
+    require_attention,
+    require_budget,
 )
+from llava.model.token_reduction.config import ReductionConfig
 from llava.model.token_reduction.registry import register_reducer
 
 # VisionZip's 64-token setting is 54 dominant + 10 contextual tokens (field.md, §2).
 VISIONZIP_CONTEXTUAL_SHARE = (10, 64)
-
-
-def _require_budget(config: ReductionConfig, method: str) -> int:
-    if config.budget is None:
-        raise ValueError(
-            f"The {method!r} reducer needs a token budget (e.g. budget=64 or ratio=0.25); "
-            "it has no adaptive count."
-        )
-    return config.budget
-
-
-def _full_sequence(inputs: ReducerInputs) -> ReducedTokens:
-    """All N tokens in raster order (a budget of N or more)."""
-    batch, n, _ = inputs.features.shape
-    lengths = torch.full((batch,), n, dtype=torch.long, device=inputs.features.device)
-    return ReducedTokens(inputs.features, lengths, _patch_index(inputs).clone())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,6 +96,8 @@ def _visionzip_merge(inputs: ReducerInputs, keys, targets, is_target, is_dominan
     "visionzip",
     needs_attention=True,
     description="VisionZip: top class-attention tokens + contextual tokens merged by key similarity",
+    options=BUDGET_OPTIONS,
+    check=check_budget_given,
 )
 def reduce_visionzip(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """VisionZip (Yang et al., CVPR 2025) at an exact budget.
@@ -115,23 +105,23 @@ def reduce_visionzip(inputs: ReducerInputs, config: ReductionConfig) -> ReducedT
     Output: the dominant tokens in ascending patch order, then the contextual tokens in ascending
     order of their target's patch index (their ``indices`` are the targets' patch indices).
     """
-    budget = _require_budget(config, "visionzip")
-    attention, keys = _require_attention(inputs, "visionzip")
+    budget = require_budget(config.budget, "visionzip")
+    attention, keys = require_attention(inputs, "visionzip")
     n = attention.shape[1]
     if budget >= n:
-        return _full_sequence(inputs)
+        return full_sequence(inputs)
     dominant, contextual = visionzip_split(budget)
     is_dominant, is_target = _visionzip_masks(attention, dominant, contextual)
-    index = _patch_index(inputs)
+    index = patch_index(inputs)
     key = torch.where(is_dominant, index, n + index)  # dominant first, then targets; raster within
-    order, valid, counts = _order_centres(is_dominant | is_target, key)  # [B, K + C]
-    dominant_tokens = _gather_tokens(inputs.features, order[:, :dominant], valid[:, :dominant])
+    order, valid, counts = order_centres(is_dominant | is_target, key)  # [B, K + C]
+    dominant_tokens = gather_tokens(inputs.features, order[:, :dominant], valid[:, :dominant])
     if contextual == 0:
-        return _finish(dominant_tokens, order, valid, counts)
+        return finish(dominant_tokens, order, valid, counts)
     targets = order[:, dominant:]  # [B, C]
     contextual_tokens = _visionzip_merge(inputs, keys, targets, is_target, is_dominant)
     tokens = torch.cat([dominant_tokens, contextual_tokens], dim=1)  # [B, K + C, D]
-    return _finish(tokens, order, valid, counts)
+    return finish(tokens, order, valid, counts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,13 +166,15 @@ def divprune_select(features: torch.Tensor, budget: int) -> torch.Tensor:
     "divprune",
     needs_attention=False,
     description="DivPrune: greedy max-min cosine-diversity subset of the features",
+    options=BUDGET_OPTIONS,
+    check=check_budget_given,
 )
 def reduce_divprune(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """DivPrune (Alvar et al., CVPR 2025) at an exact budget; no merging, ascending patch order."""
-    budget = _require_budget(config, "divprune")
+    budget = require_budget(config.budget, "divprune")
     n = inputs.features.shape[1]
     if budget >= n:
-        return _full_sequence(inputs)
+        return full_sequence(inputs)
     selected = divprune_select(inputs.features, budget)  # [B, N]
-    order, valid, counts = _order_centres(selected, _patch_index(inputs))  # [B, budget]
-    return _finish(_gather_tokens(inputs.features, order, valid), order, valid, counts)
+    order, valid, counts = order_centres(selected, patch_index(inputs))  # [B, budget]
+    return finish(gather_tokens(inputs.features, order, valid), order, valid, counts)

@@ -18,105 +18,24 @@ See ``docs/TokenReduction.md`` for the behaviour of each method and its edge cas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from llava.model.token_reduction.base import (
+    ReducedTokens,
+    ReducerInputs,
+    descending_rank,
+    finish,
+    gather_tokens,
+    order_centres,
+    outlier_count,
+    patch_index,
+    require_attention,
+    spread,
+)
 from llava.model.token_reduction.config import ReductionConfig
 from llava.model.token_reduction.registry import register_reducer
-
-
-@dataclass
-class ReducerInputs:
-    """What a reducer may read.
-
-    Attributes:
-        features: ``[B, N, D]`` the tower's patch features (``hidden_states[select_layer]``, CLS dropped).
-        attention: ``[B, N]`` float32 class attention of the next layer (CLS→CLS dropped), or None.
-        keys: ``[B, N, Dk]`` float32 keys of the patch tokens in that layer, or None.
-        grid: the patch grid ``(rows, cols)``, ``rows * cols == N``.
-        values: ``[B, N, Dk]`` float32 ``v_proj`` outputs of the patch tokens in that layer, for reducers
-            registered with ``needs_values``; else None.
-    """
-
-    features: torch.Tensor
-    attention: torch.Tensor | None
-    keys: torch.Tensor | None
-    grid: tuple[int, int]
-    values: torch.Tensor | None = None
-
-
-@dataclass
-class ReducedTokens:
-    """A reducer's output.
-
-    Attributes:
-        tokens: ``[B, M, D]`` kept (and merged) tokens, zero-padded after each image's length.
-        lengths: ``[B]`` int64, the number of tokens of each image.
-        indices: ``[B, M]`` int64, the patch index each output token stands for (its centre);
-            −1 for padding and for PruMerge's extra token.
-    """
-
-    tokens: torch.Tensor
-    lengths: torch.Tensor
-    indices: torch.Tensor
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------------------------------
-
-
-def outlier_count(attention: torch.Tensor, iqr_scale: float = 1.5) -> torch.Tensor:
-    """Number of IQR outliers per image: values strictly above ``Q3 + iqr_scale * (Q3 - Q1)``.
-
-    Quartiles use linear interpolation (numpy's default) and are computed per image.
-
-    Args:
-        attention: ``[B, N]`` class attention.
-
-    Returns:
-        ``[B]`` int64 counts.
-    """
-    values = attention.double()
-    probs = torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device)
-    q1, q3 = torch.quantile(values, probs, dim=-1)  # [B] each
-    fence = q3 + iqr_scale * (q3 - q1)
-    return (values > fence[:, None]).sum(dim=-1)
-
-
-def descending_rank(attention: torch.Tensor) -> torch.Tensor:
-    """Rank of every patch by descending attention (0 = largest), ties broken as ``torch.topk`` does.
-
-    Args:
-        attention: ``[B, N]``.
-
-    Returns:
-        ``[B, N]`` int64 ranks.
-    """
-    batch, n = attention.shape
-    order = attention.topk(n, dim=-1).indices  # [B, N]
-    ranks = torch.arange(n, device=attention.device).expand(batch, n)
-    return torch.empty_like(order).scatter_(1, order, ranks)
-
-
-def _patch_index(inputs: ReducerInputs) -> torch.Tensor:
-    batch, n, _ = inputs.features.shape
-    return torch.arange(n, device=inputs.features.device).expand(batch, n)  # [B, N]
-
-
-def _require_attention(inputs: ReducerInputs, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if inputs.attention is None or inputs.keys is None:
-        raise ValueError(f"The {method!r} reducer needs the class attention and keys of the tower.")
-    return inputs.attention, inputs.keys
-
-
-def _spread(count: int, total: int, device: torch.device) -> torch.Tensor:
-    """``count`` positions spread evenly over ``range(total)``: ``floor((i + 0.5) * total / count)``."""
-    i = torch.arange(count, device=device, dtype=torch.float64)
-    return ((i + 0.5) * total / count).floor().long()
-
 
 # ----------------------------------------------------------------------------------------------
 # Selection
@@ -176,7 +95,7 @@ def _spread_over_rest(kept: torch.Tensor, n_kept: int, count: int) -> torch.Tens
     if count <= 0:
         return torch.zeros_like(kept)
     chosen = torch.zeros(n_rest, dtype=torch.bool, device=kept.device)
-    chosen[_spread(count, n_rest, kept.device)] = True
+    chosen[spread(count, n_rest, kept.device)] = True
     rest_rank = rest.long().cumsum(dim=-1) - 1  # [B, N] position within the non-kept list
     return rest & chosen[rest_rank.clamp(min=0)]
 
@@ -200,7 +119,7 @@ def _plus_fixed_count(config: ReductionConfig, n: int) -> int | None:
 def _plus_samples(inputs: ReducerInputs, config: ReductionConfig, kept: torch.Tensor, n_kept: torch.Tensor):
     """PruMerge+'s spatial samples ``[B, N]`` (may overlap the kept tokens; the caller de-duplicates)."""
     n = kept.shape[1]
-    index = _patch_index(inputs)
+    index = patch_index(inputs)
     fixed = _plus_fixed_count(config, n)
     if config.budget is not None:
         return _spread_over_rest(kept, fixed, _budget_centres(config) - fixed)
@@ -217,21 +136,6 @@ def _plus_samples(inputs: ReducerInputs, config: ReductionConfig, kept: torch.Te
 # ----------------------------------------------------------------------------------------------
 # Combination
 # ----------------------------------------------------------------------------------------------
-
-
-def _order_centres(is_centre: torch.Tensor, key: torch.Tensor):
-    """Centres of each image in output order, padded to the largest count.
-
-    Returns:
-        order ``[B, C]`` patch indices, valid ``[B, C]`` bool, counts ``[B]`` int64.
-    """
-    n = is_centre.shape[1]
-    counts = is_centre.sum(dim=-1)
-    width = int(counts.max()) if counts.numel() else 0  # the one host sync: the output size
-    key = key.masked_fill(~is_centre, 4 * n)
-    order = key.argsort(dim=-1, stable=True)[:, :width]  # [B, C]
-    valid = torch.arange(width, device=order.device)[None] < counts[:, None]  # [B, C]
-    return order, valid, counts
 
 
 def _neighbour_weights(attention, keys, order, num_neighbors: int, cosine: bool) -> torch.Tensor:
@@ -252,16 +156,6 @@ def _neighbour_weights(attention, keys, order, num_neighbors: int, cosine: bool)
     neighbours = sim.topk(k, dim=-1).indices  # [B, C, k]
     weights = attention[:, None, :].expand(-1, order.shape[1], -1)  # [B, C, N]
     return torch.zeros_like(sim).scatter_(2, neighbours, weights.gather(2, neighbours))
-
-
-def _gather_tokens(features: torch.Tensor, order: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    dim = features.shape[-1]
-    tokens = features.gather(1, order[..., None].expand(-1, -1, dim))  # [B, C, D]
-    return tokens * valid[..., None].to(tokens.dtype)
-
-
-def _finish(tokens, order, valid, counts) -> ReducedTokens:
-    return ReducedTokens(tokens=tokens, lengths=counts, indices=order.masked_fill(~valid, -1))
 
 
 def _merge_reference(inputs: ReducerInputs, config: ReductionConfig, is_centre, order, valid, counts):
@@ -289,15 +183,15 @@ def _merge_paper(inputs: ReducerInputs, config: ReductionConfig, order, valid, c
     weights = _neighbour_weights(attention, inputs.keys, order, config.num_neighbors, cosine=False)
     weights.scatter_(2, order[..., None], attention.gather(1, order)[..., None])
     merged = (weights @ inputs.features.float()) / weights.sum(-1, keepdim=True).clamp(min=1e-30)
-    return _finish((merged * valid[..., None]).to(inputs.features.dtype), order, valid, counts)
+    return finish((merged * valid[..., None]).to(inputs.features.dtype), order, valid, counts)
 
 
 def _combine(inputs: ReducerInputs, config: ReductionConfig, is_centre, ref_key, merge: bool):
     """Orders the centres (reference: by ``ref_key``; paper: raster order) and merges or gathers them."""
-    key = ref_key if config.variant == "reference" else _patch_index(inputs)
-    order, valid, counts = _order_centres(is_centre, key)
+    key = ref_key if config.variant == "reference" else patch_index(inputs)
+    order, valid, counts = order_centres(is_centre, key)
     if not merge:
-        return _finish(_gather_tokens(inputs.features, order, valid), order, valid, counts)
+        return finish(gather_tokens(inputs.features, order, valid), order, valid, counts)
     if config.variant == "reference":
         return _merge_reference(inputs, config, is_centre, order, valid, counts)
     return _merge_paper(inputs, config, order, valid, counts)
@@ -307,19 +201,33 @@ def _combine(inputs: ReducerInputs, config: ReductionConfig, is_centre, ref_key,
 # Registered reducers
 # ----------------------------------------------------------------------------------------------
 
+PRUMERGE_OPTIONS = ("budget", "ratio", "num_neighbors", "iqr_scale")
 
-@register_reducer("none", needs_attention=False, description="all N patch tokens (LLaVA-1.5)")
-def reduce_none(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    batch, n, _ = inputs.features.shape
-    lengths = torch.full((batch,), n, dtype=torch.long, device=inputs.features.device)
-    return ReducedTokens(inputs.features, lengths, _patch_index(inputs).clone())
+
+def _check_none(config: ReductionConfig) -> None:
+    if config.budget is not None or config.ratio is not None:
+        raise ValueError(
+            "The 'none' reducer keeps every token; use 'sequential' or another method for a budget."
+        )
 
 
 @register_reducer(
-    "prumerge", needs_attention=True, description="IQR-outlier tokens merged with their neighbours"
+    "none", needs_attention=False, description="all N patch tokens (LLaVA-1.5)", check=_check_none
+)
+def reduce_none(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
+    batch, n, _ = inputs.features.shape
+    lengths = torch.full((batch,), n, dtype=torch.long, device=inputs.features.device)
+    return ReducedTokens(inputs.features, lengths, patch_index(inputs).clone())
+
+
+@register_reducer(
+    "prumerge",
+    needs_attention=True,
+    description="IQR-outlier tokens merged with their neighbours",
+    options=PRUMERGE_OPTIONS,
 )
 def reduce_prumerge(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    attention, _ = _require_attention(inputs, "prumerge")
+    attention, _ = require_attention(inputs, "prumerge")
     rank = descending_rank(attention)
     reserve = 1 if config.variant == "reference" else 0  # the extra token counts toward a budget
     is_centre = rank < _num_attentive(attention, config, reserve)[:, None]
@@ -327,10 +235,13 @@ def reduce_prumerge(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTo
 
 
 @register_reducer(
-    "prumerge_plus", needs_attention=True, description="PruMerge plus spatially uniform samples"
+    "prumerge_plus",
+    needs_attention=True,
+    description="PruMerge plus spatially uniform samples",
+    options=(*PRUMERGE_OPTIONS, "form"),
 )
 def reduce_prumerge_plus(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    attention, _ = _require_attention(inputs, "prumerge_plus")
+    attention, _ = require_attention(inputs, "prumerge_plus")
     batch, n = attention.shape
     rank = descending_rank(attention)
     fixed = _plus_fixed_count(config, n)
@@ -341,25 +252,34 @@ def reduce_prumerge_plus(inputs: ReducerInputs, config: ReductionConfig) -> Redu
     kept = rank < n_kept[:, None]
     sampled = _plus_samples(inputs, config, kept, n_kept)
     # De-duplicated union; reference order: kept by attention, then the other samples ascending.
-    key = torch.where(kept, rank, n + _patch_index(inputs))
+    key = torch.where(kept, rank, n + patch_index(inputs))
     return _combine(inputs, config, kept | sampled, key, merge=True)
 
 
 @register_reducer(
-    "aits", needs_attention=True, description="PruMerge's kept tokens, no merge, no extra token"
+    "aits",
+    needs_attention=True,
+    description="PruMerge's kept tokens, no merge, no extra token",
+    options=("budget", "ratio", "iqr_scale"),
 )
 def reduce_aits(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    attention, _ = _require_attention(inputs, "aits")
+    attention, _ = require_attention(inputs, "aits")
     rank = descending_rank(attention)
     is_centre = rank < _num_attentive(attention, config, reserve=0)[:, None]
     return _combine(inputs, config, is_centre, rank, merge=False)
 
 
-@register_reducer("sequential", needs_attention=False, description="the first n tokens in raster order")
+@register_reducer(
+    "sequential",
+    needs_attention=False,
+    description="the first n tokens in raster order",
+    options=("budget", "ratio"),
+    check=lambda config: config.require_budget_or_ratio("budget=40"),
+)
 def reduce_sequential(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    index = _patch_index(inputs)
-    order, valid, counts = _order_centres(index < config.budget, index)
-    return _finish(_gather_tokens(inputs.features, order, valid), order, valid, counts)
+    index = patch_index(inputs)
+    order, valid, counts = order_centres(index < config.budget, index)
+    return finish(gather_tokens(inputs.features, order, valid), order, valid, counts)
 
 
 def spatial_grid(config: ReductionConfig, grid: tuple[int, int]) -> tuple[int, int]:
@@ -379,14 +299,25 @@ def spatial_grid(config: ReductionConfig, grid: tuple[int, int]) -> tuple[int, i
     return r, c
 
 
-@register_reducer("spatial", needs_attention=False, description="an evenly spread r x c grid of tokens")
+def _check_spatial(config: ReductionConfig) -> None:
+    if config.budget is None and config.ratio is None and config.grid is None:
+        raise ValueError("The 'spatial' reducer needs a grid (e.g. grid=(5, 8)) or a token budget.")
+
+
+@register_reducer(
+    "spatial",
+    needs_attention=False,
+    description="an evenly spread r x c grid of tokens",
+    options=("grid", "budget", "ratio"),
+    check=_check_spatial,
+)
 def reduce_spatial(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     rows, cols = inputs.grid
     r, c = spatial_grid(config, inputs.grid)
     device = inputs.features.device
-    row_idx, col_idx = _spread(r, rows, device), _spread(c, cols, device)
+    row_idx, col_idx = spread(r, rows, device), spread(c, cols, device)
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=device)
     mask[row_idx[:, None], col_idx[None, :]] = True
-    index = _patch_index(inputs)
-    order, valid, counts = _order_centres(mask.flatten().expand_as(index), index)
-    return _finish(_gather_tokens(inputs.features, order, valid), order, valid, counts)
+    index = patch_index(inputs)
+    order, valid, counts = order_centres(mask.flatten().expand_as(index), index)
+    return finish(gather_tokens(inputs.features, order, valid), order, valid, counts)

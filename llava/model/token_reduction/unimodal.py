@@ -15,35 +15,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llava.model.token_reduction.config import ReductionConfig
-from llava.model.token_reduction.reducers import (
+from llava.model.token_reduction.base import (
+    BUDGET_OPTIONS,
     ReducedTokens,
     ReducerInputs,
-    _finish,
-    _gather_tokens,
-    _order_centres,
-    _patch_index,
-    _require_attention,
+    check_budget_given,
     descending_rank,
+    finish,
+    full_sequence,
+    gather_tokens,
+    order_centres,
+    patch_index,
+    require_attention,
+    require_budget,
 )
+from llava.model.token_reduction.config import ReductionConfig
 from llava.model.token_reduction.registry import register_reducer
-
-
-def _require_budget(config: ReductionConfig, method: str) -> int:
-    if config.budget is None:
-        raise ValueError(
-            f"The {method!r} reducer works at a fixed number of tokens: pass a token budget "
-            f"(e.g. budget=144) or a ratio (e.g. ratio=0.25)."
-        )
-    return config.budget
-
-
-def _full_sequence(inputs: ReducerInputs) -> ReducedTokens:
-    """All N tokens in raster order (the answer to a budget of at least N)."""
-    batch, n, _ = inputs.features.shape
-    lengths = torch.full((batch,), n, dtype=torch.long, device=inputs.features.device)
-    return ReducedTokens(inputs.features, lengths, _patch_index(inputs).clone())
-
 
 # ----------------------------------------------------------------------------------------------
 # ToMe
@@ -84,7 +71,13 @@ def _tome_round(state: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tenso
     return {name: _gather_rows(value, order) for name, value in out.items()}
 
 
-@register_reducer("tome", needs_attention=True, description="ToMe bipartite soft matching down to the budget")
+@register_reducer(
+    "tome",
+    needs_attention=True,
+    description="ToMe bipartite soft matching down to the budget",
+    options=BUDGET_OPTIONS,
+    check=check_budget_given,
+)
 def reduce_tome(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """ToMe (Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023) on the tower's output.
 
@@ -102,17 +95,17 @@ def reduce_tome(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens
         ``budget`` tokens per image (all N if the budget is at least N), in ascending patch order;
         ``indices`` is the patch index of each surviving token.
     """
-    budget = _require_budget(config, "tome")
-    _, keys = _require_attention(inputs, "tome")
+    budget = require_budget(config.budget, "tome")
+    _, keys = require_attention(inputs, "tome")
     n = inputs.features.shape[1]
     if budget >= n:
-        return _full_sequence(inputs)
+        return full_sequence(inputs)
     batch = inputs.features.shape[0]
     state = {
         "x": inputs.features.float(),  # [B, n, D] size-weighted feature sums
         "k": keys.float(),  # [B, n, Dk] size-weighted key sums
         "size": keys.new_ones(batch, n, dtype=torch.float32),  # [B, n]
-        "pos": _patch_index(inputs).clone(),  # [B, n]
+        "pos": patch_index(inputs).clone(),  # [B, n]
     }
     while n > budget:  # the number of rounds depends on N and the budget only
         r = min(n - budget, (n + 1) // 2)
@@ -129,7 +122,11 @@ def reduce_tome(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens
 
 
 @register_reducer(
-    "evit", needs_attention=True, description="EViT top tokens by attention plus one fused token"
+    "evit",
+    needs_attention=True,
+    description="EViT top tokens by attention plus one fused token",
+    options=BUDGET_OPTIONS,
+    check=check_budget_given,
 )
 def reduce_evit(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """EViT (Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via
@@ -142,18 +139,18 @@ def reduce_evit(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens
         ``budget`` tokens per image: the kept tokens in ascending patch order, then the fused token
         (index −1). With a budget of at least N, all N tokens in raster order and no fused token.
     """
-    budget = _require_budget(config, "evit")
-    attention, _ = _require_attention(inputs, "evit")
+    budget = require_budget(config.budget, "evit")
+    attention, _ = require_attention(inputs, "evit")
     features = inputs.features
     batch, n, dim = features.shape
     if budget >= n:
-        return _full_sequence(inputs)
+        return full_sequence(inputs)
     kept = descending_rank(attention) < budget - 1  # [B, N]
-    order, valid, counts = _order_centres(kept, _patch_index(inputs))  # [B, budget - 1] each
+    order, valid, counts = order_centres(kept, patch_index(inputs))  # [B, budget - 1] each
     weights = attention.masked_fill(kept, 0.0)  # [B, N] the inattentive tokens' attention
     fused = torch.einsum("bn,bnd->bd", weights, features.float())  # [B, D]
     fused = fused / weights.sum(dim=-1, keepdim=True).clamp(min=1e-30)
-    tokens = torch.cat([_gather_tokens(features, order, valid), fused[:, None].to(features.dtype)], dim=1)
+    tokens = torch.cat([gather_tokens(features, order, valid), fused[:, None].to(features.dtype)], dim=1)
     indices = torch.cat([order.masked_fill(~valid, -1), order.new_full((batch, 1), -1)], dim=1)
     return ReducedTokens(tokens, counts + 1, indices)  # [B, budget, D], [B], [B, budget]
 
@@ -181,6 +178,8 @@ def ats_scores(attention: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     needs_attention=True,
     needs_values=True,
     description="ATS inverse transform sampling of attention x value-norm scores",
+    options=BUDGET_OPTIONS,
+    check=check_budget_given,
 )
 def reduce_ats(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     """ATS (Fayyaz et al., "Adaptive Token Sampling For Efficient Vision Transformers", ECCV 2022).
@@ -198,17 +197,17 @@ def reduce_ats(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     Returns:
         The sampled tokens in ascending patch order (all N in raster order if the budget is at least N).
     """
-    budget = _require_budget(config, "ats")
-    attention, _ = _require_attention(inputs, "ats")
+    budget = require_budget(config.budget, "ats")
+    attention, _ = require_attention(inputs, "ats")
     if inputs.values is None:
         raise ValueError("The 'ats' reducer needs the value vectors of the tower's next layer.")
     batch, n, _ = inputs.features.shape
     if budget >= n:
-        return _full_sequence(inputs)
+        return full_sequence(inputs)
     cdf = ats_scores(attention, inputs.values).cumsum(dim=-1)  # [B, N]
     steps = torch.arange(budget, device=cdf.device, dtype=cdf.dtype)
     quantiles = ((steps + 0.5) / budget).expand(batch, budget).contiguous()  # [B, budget]
     picked = torch.searchsorted(cdf.contiguous(), quantiles).clamp(max=n - 1)  # [B, budget]
     sampled = torch.zeros(batch, n, dtype=torch.bool, device=cdf.device).scatter_(1, picked, True)
-    order, valid, counts = _order_centres(sampled, _patch_index(inputs))  # [B, M] each, M <= budget
-    return _finish(_gather_tokens(inputs.features, order, valid), order, valid, counts)
+    order, valid, counts = order_centres(sampled, patch_index(inputs))  # [B, M] each, M <= budget
+    return finish(gather_tokens(inputs.features, order, valid), order, valid, counts)

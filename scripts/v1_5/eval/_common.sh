@@ -166,18 +166,3 @@ run_sharded() {
     mv "$tmp" "$merged"
     echo "[eval] merged $(wc -l < "$merged") answers into $merged" >&2
 }
-
-# server_scores ANSWERS UPLOAD: writes <answers stem>.scores.json for a server-scored benchmark, so that
-# llava.eval.report finds it; put the server's number under "server_score" by hand once you have it.
-server_scores() {
-    "$PYTHON" - "$1" "$2" <<'PY'
-import json, sys
-from llava.eval.io import read_jsonl, scores_path, write_json
-answers, upload = sys.argv[1], sys.argv[2]
-path = scores_path(answers)
-old = json.loads(path.read_text()) if path.exists() else {}
-write_json(path, {"server_scored": True, "server_score": old.get("server_score"),
-                  "answers": len(read_jsonl(answers)), "upload_file": upload})
-print(f"scores stub written to {path}")
-PY
-}

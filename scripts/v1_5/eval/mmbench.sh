@@ -24,4 +24,7 @@ run_sharded llava.eval.model_vqa_mmbench "$QUESTIONS" "$ANSWERS/$NAME" "$ANSWERS
     --result-dir "$ANSWERS" \
     --upload-dir "$DIR/answers_upload/$SPLIT" \
     --experiment "$NAME"
-server_scores "$ANSWERS/$NAME.jsonl" "$DIR/answers_upload/$SPLIT/$NAME.xlsx"
+# The score stub (<NAME>.scores.json, "server_score": null) that llava.eval.report reads.
+"$PYTHON" -m llava.eval.eval_mmbench \
+    --result-file "$ANSWERS/$NAME.jsonl" \
+    --upload-file "$DIR/answers_upload/$SPLIT/$NAME.xlsx"

@@ -22,4 +22,7 @@ run_sharded llava.eval.model_vqa_loader "$QUESTIONS" "$OUT" "$OUT/merge.jsonl" \
     --image-folder "$DIR/test2015"
 
 "$PYTHON" "$REPO_ROOT"/scripts/convert_vqav2_for_submission.py --dir "$DIR" --split "$SPLIT" --ckpt "$NAME"
-server_scores "$OUT/merge.jsonl" "$DIR/answers_upload/$SPLIT/$NAME.json"
+# The score stub (merge.scores.json, "server_score": null) that llava.eval.report reads.
+"$PYTHON" -m llava.eval.eval_vqav2 \
+    --result-file "$OUT/merge.jsonl" \
+    --upload-file "$DIR/answers_upload/$SPLIT/$NAME.json"

@@ -19,20 +19,9 @@ import math
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from llava.model.token_reduction.base import ReducedTokens, ReducerInputs, full_sequence
 from llava.model.token_reduction.config import ReductionConfig
-from llava.model.token_reduction.reducers import ReducedTokens, ReducerInputs, reduce_none
 from llava.model.token_reduction.registry import register_reducer
-
-
-@register_reducer(
-    "fastv",
-    needs_attention=False,
-    in_llm=True,
-    description="FastV: drop low-attention visual tokens after LLM layer K",
-)
-def reduce_fastv(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
-    """The tower keeps every token; the language model drops visual tokens after layer ``llm_layer``."""
-    return reduce_none(inputs, config)
 
 
 def query_attention(
@@ -106,3 +95,22 @@ class FastV:
         return kept_tokens(
             step.scores.pop(layer_idx), step.visual, step.valid, self.config.budget, self.config.ratio
         )
+
+
+def reduce_fastv(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
+    """The tower keeps every token; the language model drops visual tokens after layer ``llm_layer``."""
+    return full_sequence(inputs)
+
+
+def _check_fastv(config: ReductionConfig) -> None:
+    config.require_budget_or_ratio("ratio=0.5")
+
+
+register_reducer(
+    "fastv",
+    needs_attention=False,
+    description="FastV: drop low-attention visual tokens after LLM layer K",
+    options=("budget", "ratio", "llm_layer"),
+    check=_check_fastv,
+    in_llm_method=FastV,
+)(reduce_fastv)

@@ -5,13 +5,11 @@ import shutil
 
 import pytest
 import torch
-from tests_support import REPO_ROOT
+from tests_support import REPO_ROOT, prompt_ids
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llava.conversation import get_conv_template
-from llava.mm_utils import tokenizer_image_token
-from llava.model import LlavaLlamaForCausalLM
-from llava.model.builder import (
+from llava.model import LlavaLlamaForCausalLM, ReductionConfig
+from llava.model.loader import (
     KNOWN_REDUCTIONS,
     checkpoint_kind,
     load_llava_config,
@@ -21,10 +19,7 @@ from llava.model.builder import (
 
 
 def logits_of(tokenizer, model, seed=0):
-    conv = get_conv_template("vicuna_v1")
-    conv.append_message(conv.roles[0], "<image>\nWhat is this?")
-    conv.append_message(conv.roles[1], None)
-    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+    ids = prompt_ids(tokenizer, "What is this?")[None]
     pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         return model(input_ids=ids, images=pixels).logits
@@ -303,3 +298,26 @@ def test_merge_and_extract_scripts(base_llm, tiny_llava_dir, tmp_path):
     torch.testing.assert_close(
         projected.get_model().mm_projector.state_dict(), merged.get_model().mm_projector.state_dict()
     )
+
+
+def test_loader_returns_a_named_tuple_and_applies_reduction_changes(tiny_llava_dir):
+    changes = {"method": "fastv", "ratio": 0.5, "llm_layer": 1}
+    loaded = load_pretrained_model(str(tiny_llava_dir), device="cpu", reduction_changes=changes)
+    tokenizer, model, processor, context_len = loaded  # unpacks as upstream's 4-tuple
+    assert (loaded.tokenizer, loaded.model, loaded.image_processor, loaded.context_len) == (
+        tokenizer,
+        model,
+        processor,
+        context_len,
+    )
+    assert model.token_reduction == ReductionConfig("fastv", ratio=0.5, llm_layer=1)
+    assert model.config.mm_token_reduction["llm_layer"] == 1
+    assert model.model.in_llm_method().prune_layers == (1,)
+
+
+def test_upstream_import_path_is_the_loader():
+    import llava.model.builder as upstream
+    import llava.model.loader as loader
+
+    assert upstream.load_pretrained_model is loader.load_pretrained_model
+    assert upstream.LoadedModel is loader.LoadedModel
