@@ -335,3 +335,155 @@ def test_run_names_differ_when_settings_differ():
     assert name("ckpt/tiny") == "tiny"
     assert name("runA/checkpoint-500") == "runA-checkpoint-500" != name("runB/checkpoint-500")
     assert name("ckpt/tiny", RUN_NAME="mine", EXTRA_ARGS="--reduction-budget 8") == "mine"
+
+
+# GQA and SEED-Bench: question files in LLaVA's format, ground truth in the benchmarks' own formats, made
+# here (the real files are not in the shared fixtures).
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+OPTION_LETTER = "Answer with the option's letter from the given choices directly."
+
+
+def test_gqa_script_end_to_end(ckpt, tmp_path):
+    gqa = tmp_path / "eval" / "gqa"
+    (gqa / "data").mkdir(parents=True)
+    ids = [
+        "201307251",
+        "201640614",
+        "202225914",
+        "20968388",
+        "201667567",
+        "201303229",
+        "201902997",
+        "20567512",
+    ]
+    rows = [
+        {
+            "question_id": qid,
+            "image": f"n{435808 + i}.jpg",
+            "text": f"What is on the table {i}?\n{SHORT_ANSWER}",
+        }
+        for i, qid in enumerate(ids)
+    ]
+    (gqa / "llava_gqa_testdev_balanced.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    structural = ["choose", "verify", "logical", "query", "query", "compare", "verify", "query"]
+    questions = {
+        qid: {
+            "question": rows[i]["text"].split("\n")[0],
+            "imageId": rows[i]["image"][:-4],
+            "answer": "yes" if i % 2 else "table",
+            "isBalanced": True,
+            "types": {"structural": structural[i], "semantic": "obj", "detailed": "existT"},
+            "groups": {"global": None, "local": "x"},
+            "semantic": [],
+            "entailed": [],
+            "equivalent": [],
+        }
+        for i, qid in enumerate(ids)
+    }
+    (gqa / "data" / "testdev_balanced_questions.json").write_text(json.dumps(questions))
+    stand_in_images(gqa / "data" / "images", [row["image"] for row in rows])
+
+    name = run_name(run_script("gqa.sh", ckpt, tmp_path / "eval"))
+    out = gqa / "answers" / "llava_gqa_testdev_balanced" / name
+    merged = read_jsonl(out / "merge.jsonl")
+    assert [a["question_id"] for a in merged] == ids[:N]
+    assert (out / "2_0.jsonl").is_file() and (out / "2_1.jsonl").is_file()
+    predictions = json.loads((out / "testdev_balanced_predictions.json").read_text())
+    assert predictions == [
+        {"questionId": a["question_id"], "prediction": a["text"].rstrip(".").lower()} for a in merged
+    ]
+    scores = json.loads((out / "merge.scores.json").read_text())
+    assert (scores["benchmark"], scores["headline"]) == ("gqa", "accuracy_percent")
+    right = sum(p["prediction"] == questions[p["questionId"]]["answer"] for p in predictions)
+    assert (scores["count"], scores["unanswered"], scores["correct"]) == (len(ids), len(ids) - N, right)
+    assert scores["accuracy_percent"] == pytest.approx(100 * right / len(ids))
+
+    from llava.eval import report
+
+    report.main(
+        [
+            "--results",
+            str(tmp_path / "eval"),
+            "--out",
+            str(tmp_path / "r.md"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    row = json.loads((tmp_path / "r.json").read_text())[name]
+    assert row["GQA"]["score"] == pytest.approx(scores["accuracy_percent"])
+    assert row["GQA"]["visual_tokens"] == pytest.approx(np.mean([a["num_visual_tokens"] for a in merged]))
+    assert "| VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB | GQA |" in (tmp_path / "r.md").read_text()
+
+
+def test_seed_script_end_to_end(ckpt, tmp_path):
+    seed = tmp_path / "eval" / "seed_bench"
+    seed.mkdir(parents=True)
+    options = "\nA. One\nB. Two\nC. Three\nD. Four\n" + OPTION_LETTER
+    image_ids = [str(101669 + i) for i in range(N + 1)]
+    rows = [
+        {
+            "image": f"SEED-Bench-image/{qid}_{i}.jpg",
+            "text": f"How many towels are in the image?{options}",
+            "category": "Instances Counting",
+            "question_id": int(qid),
+        }
+        for i, qid in enumerate(image_ids)
+    ]
+    # Two video questions (middle frames that are not here): seed.sh must not ask them.
+    for position, qid in ((1, "1000"), (5, "1001")):
+        rows.insert(
+            position,
+            {
+                "image": f"SEED-Bench-video-image/10_{qid}.png",
+                "text": f"What is the action?{options}",
+                "category": "Action Recognition",
+                "question_id": int(qid),
+            },
+        )
+    (seed / "llava-seed-bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    annotation = [
+        {
+            "answer": "ABCD"[i % 4],
+            "choice_a": "One",
+            "choice_b": "Two",
+            "choice_c": "Three",
+            "choice_d": "Four",
+            "data_id": f"{qid}_{i}.jpg",
+            "data_type": "image",
+            "question": "How many towels are in the image?",
+            "question_id": qid,
+            "question_type_id": 5 if i % 2 else 1,
+        }
+        for i, qid in enumerate(image_ids)
+    ]
+    annotation += [
+        {**annotation[0], "data_type": "video", "question_id": qid, "question_type_id": 10, "answer": "B"}
+        for qid in ("1000", "1001")
+    ]
+    types = {"Scene Understanding": 1, "Instances Counting": 5, "Action Recognition": 10}
+    (seed / "SEED-Bench.json").write_text(json.dumps({"question_type": types, "questions": annotation}))
+    stand_in_images(seed, [row["image"] for row in rows if row["image"].startswith("SEED-Bench-image/")])
+
+    name = run_name(run_script("seed.sh", ckpt, tmp_path / "eval"))
+    out = seed / "answers" / name
+    merged = read_jsonl(out / "merge.jsonl")
+    assert [str(a["question_id"]) for a in merged] == image_ids[:N]
+    assert all(a["prompt"].endswith(options) for a in merged)
+    scores = json.loads((out / "merge.scores.json").read_text())
+    assert (scores["benchmark"], scores["headline"]) == ("seed", "image_accuracy_percent")
+    gold = {q["question_id"]: q["answer"] for q in annotation}
+    right = sum(a["text"] == gold[str(a["question_id"])] for a in merged)
+    assert (scores["image_count"], scores["unanswered"], scores["image_correct"]) == (N + 1, 1, right)
+    assert scores["video_accuracy_percent"] is None
+    assert set(scores["dimensions"]) == {"1", "5"}
+    upload = read_jsonl(seed / "answers_upload" / f"{name}.jsonl")
+    assert [u["question_id"] for u in upload] == image_ids
+    assert [u["prediction"] for u in upload] == [a["text"] for a in merged] + [""]
+
+    from llava.eval import report
+
+    report.main(["--results", str(tmp_path / "eval"), "--json", str(tmp_path / "r.json")])
+    row = json.loads((tmp_path / "r.json").read_text())[name]
+    assert row["SEED"]["score"] == pytest.approx(scores["image_accuracy_percent"])
+    assert set(row) == {"VQAv2", "SQA-IMG", "TextVQA", "POPE", "MME", "MMB", "SEED"}

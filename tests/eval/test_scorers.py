@@ -620,10 +620,258 @@ def test_report_says_server_only_for_server_benchmarks_that_were_run(tmp_path):
     assert "| submitted | server | - | - | - | - | - |" in markdown
 
 
+# ---------------------------------------------------------------- GQA and SEED-Bench (hand-computed)
+
+
+def _gqa_question(answer: str, structural: str, semantic: str, balanced: bool = True) -> dict:
+    """One entry of GQA's ``testdev_balanced_questions.json`` with the fields the official eval.py reads."""
+    return {
+        "question": "Is the woman to the left or to the right of the man?",
+        "imageId": "n435808",
+        "answer": answer,
+        "fullAnswer": f"The answer is {answer}.",
+        "isBalanced": balanced,
+        "groups": {"global": None, "local": "10c-woman_man"},
+        "entailed": [],
+        "equivalent": [],
+        "semantic": [{"operation": "select", "dependencies": [], "argument": "woman (1)"}],
+        "types": {"structural": structural, "semantic": semantic, "detailed": "relS"},
+        "annotations": {"answer": {}, "question": {}, "fullAnswer": {}},
+    }
+
+
+def _gqa_files(tmp_path: Path) -> tuple[Path, Path]:
+    questions = {
+        "201307251": _gqa_question("left", "choose", "rel"),
+        "201640614": _gqa_question("yes", "verify", "attr"),
+        "202225914": _gqa_question("no", "logical", "obj"),
+        "20968388": _gqa_question("white", "query", "attr"),
+        "201667567": _gqa_question("table", "query", "cat"),
+        "201303229": _gqa_question("no", "compare", "attr"),
+        "111111111": _gqa_question("yes", "verify", "attr", balanced=False),
+    }
+    question_file = tmp_path / "data" / "testdev_balanced_questions.json"
+    question_file.parent.mkdir(parents=True)
+    question_file.write_text(json.dumps(questions))
+    suffix = "\nAnswer the question using a single word or phrase."
+    answers = [
+        ("201307251", "Left."),  # right: trailing period stripped, lower-cased
+        (201640614, "Yes"),  # right: an int id matches GQA's string id
+        ("202225914", "no.."),  # right: every trailing period goes
+        ("20968388", "White color"),  # wrong: no other normalisation
+        ("201303229", "No. "),  # wrong: the converter strips periods only at the very end, not spaces
+        ("111111111", "no"),  # not balanced: not scored
+    ]  # 201667567 is unanswered: wrong
+    result_file = tmp_path / "answers" / "llava_gqa_testdev_balanced" / "ckpt" / "merge.jsonl"
+    result_file.parent.mkdir(parents=True)
+    write_lines(
+        result_file,
+        [
+            {"question_id": qid, "prompt": "Q?" + suffix, "text": text, "answer_id": "x", "model_id": "m"}
+            for qid, text in answers
+        ],
+    )
+    return question_file, result_file
+
+
+def test_gqa_accuracy_and_predictions_file_by_hand(tmp_path: Path) -> None:
+    from llava.eval import eval_gqa
+
+    question_file, result_file = _gqa_files(tmp_path)
+    scores = eval_gqa.main(["--question-file", str(question_file), "--result-file", str(result_file)])
+    # 6 balanced questions, 3 right (left, yes, no); binary = the 4 non-query ones, 3 right; open = 2 query, 0.
+    assert (scores["correct"], scores["count"], scores["unanswered"]) == (3, 6, 1)
+    assert scores["accuracy_percent"] == pytest.approx(50.0)
+    assert scores["binary_percent"] == pytest.approx(75.0) and scores["binary_count"] == 4
+    assert scores["open_percent"] == 0.0 and scores["open_count"] == 2
+    assert {k: (v["accuracy_percent"], v["count"]) for k, v in scores["structural_types"].items()} == {
+        "choose": (100.0, 1),
+        "compare": (0.0, 1),
+        "logical": (100.0, 1),
+        "query": (0.0, 2),
+        "verify": (100.0, 1),
+    }
+    semantic = scores["semantic_types"]
+    assert semantic["attr"]["accuracy_percent"] == pytest.approx(100 / 3) and semantic["attr"]["count"] == 3
+    assert (
+        semantic["rel"]["accuracy_percent"],
+        semantic["obj"]["count"],
+        semantic["cat"]["accuracy_percent"],
+    ) == (
+        100.0,
+        1,
+        0.0,
+    )
+    # Upstream's converted file, beside the answers under GQA's name, in answer-file order.
+    predictions = json.loads((result_file.parent / "testdev_balanced_predictions.json").read_text())
+    assert predictions == [
+        {"questionId": "201307251", "prediction": "left"},
+        {"questionId": "201640614", "prediction": "yes"},
+        {"questionId": "202225914", "prediction": "no"},
+        {"questionId": "20968388", "prediction": "white color"},
+        {"questionId": "201303229", "prediction": "no. "},
+        {"questionId": "111111111", "prediction": "no"},
+    ]
+    written = json.loads(scores_path(result_file).read_text())
+    assert (written["benchmark"], written["headline"], written["accuracy_percent"]) == (
+        "gqa",
+        "accuracy_percent",
+        50.0,
+    )
+
+
+def test_gqa_unknown_question_is_an_error(tmp_path: Path) -> None:
+    from llava.eval import eval_gqa
+
+    question_file, result_file = _gqa_files(tmp_path)
+    write_lines(result_file, [{"question_id": "999", "text": "yes"}])
+    with pytest.raises(KeyError, match="not in the question file"):
+        eval_gqa.eval_gqa(question_file, result_file, tmp_path / "p.json")
+
+
+SEED_TYPES = {
+    "Scene Understanding": 1,
+    "Instance Identity": 2,
+    "Instance Attributes": 3,
+    "Instance Location": 4,
+    "Instances Counting": 5,
+    "Spatial Relation": 6,
+    "Instance Interaction": 7,
+    "Visual Reasoning": 8,
+    "Text Understanding": 9,
+    "Action Recognition": 10,
+    "Action Prediction": 11,
+    "Procedure Understanding": 12,
+}
+
+
+def _seed_question(qid: str, type_id: int, answer: str, data_type: str = "image") -> dict:
+    """One question of SEED-Bench's ``SEED-Bench.json``."""
+    return {
+        "answer": answer,
+        "choice_a": "One",
+        "choice_b": "Two",
+        "choice_c": "Three",
+        "choice_d": "Four",
+        "data_id": f"{qid}.jpg" if data_type == "image" else f"{qid}.mp4",
+        "data_type": data_type,
+        "question": "How many towels are in the image?",
+        "question_id": qid,
+        "question_type_id": type_id,
+    }
+
+
+def _seed_files(tmp_path: Path, answers: list[tuple]) -> tuple[Path, Path]:
+    annotation = tmp_path / "SEED-Bench.json"
+    questions = [
+        _seed_question("101", 1, "A"),
+        _seed_question("102", 1, "B"),
+        _seed_question("103", 2, "C"),
+        _seed_question("104", 2, "D"),
+        _seed_question("105", 9, "A"),
+        _seed_question("3001", 10, "B", "video"),
+    ]
+    annotation.write_text(json.dumps({"question_type": SEED_TYPES, "questions": questions}))
+    result_file = tmp_path / "answers" / "ckpt" / "merge.jsonl"
+    result_file.parent.mkdir(parents=True)
+    write_lines(result_file, [{"question_id": qid, "prompt": "Q", "text": text} for qid, text in answers])
+    return annotation, result_file
+
+
+IMAGE_ANSWERS = [
+    (101, "A"),  # right (LLaVA's question ids are numbers, the annotation's strings)
+    (102, "B."),  # wrong: not the bare letter (upstream compares the raw text)
+    (103, "C"),  # right
+    (104, "A"),  # wrong
+]  # 105 unanswered: wrong
+
+
+def test_seed_image_accuracy_dimensions_and_upload_by_hand(tmp_path: Path) -> None:
+    from llava.eval import eval_seed
+
+    annotation, result_file = _seed_files(tmp_path, IMAGE_ANSWERS)
+    upload = tmp_path / "answers_upload" / "ckpt.jsonl"
+    scores = eval_seed.main(
+        [
+            "--annotation-file",
+            str(annotation),
+            "--result-file",
+            str(result_file),
+            "--upload-file",
+            str(upload),
+        ]
+    )
+    # Pooled over the 5 image questions: 2 right = 40.0 (the mean over dimensions would be 33.3).
+    assert (scores["image_correct"], scores["image_count"]) == (2, 5)
+    assert scores["image_accuracy_percent"] == pytest.approx(40.0)
+    assert (scores["unanswered"], scores["not_a_letter"]) == (1, 1)
+    assert scores["video_accuracy_percent"] is None and scores["overall_accuracy_percent"] is None
+    assert {k: (v["name"], v["correct"], v["count"]) for k, v in scores["dimensions"].items()} == {
+        "1": ("Scene Understanding", 1, 2),
+        "2": ("Instance Identity", 1, 2),
+        "9": ("Text Understanding", 0, 1),
+    }
+    assert scores["dimensions"]["1"]["accuracy_percent"] == 50.0
+    assert [json.loads(line) for line in upload.read_text().splitlines()] == [
+        {"question_id": "101", "prediction": "A"},
+        {"question_id": "102", "prediction": "B."},
+        {"question_id": "103", "prediction": "C"},
+        {"question_id": "104", "prediction": "A"},
+        {"question_id": "105", "prediction": ""},
+    ]
+    written = json.loads(scores_path(result_file).read_text())
+    assert (written["benchmark"], written["headline"]) == ("seed", "image_accuracy_percent")
+    assert written["image_accuracy_percent"] == pytest.approx(40.0)
+
+
+def test_seed_video_answers_add_video_and_overall_but_not_to_the_headline(tmp_path: Path) -> None:
+    from llava.eval import eval_seed
+
+    annotation, result_file = _seed_files(tmp_path, [*IMAGE_ANSWERS, ("3001", "B")])
+    upload = tmp_path / "up.jsonl"
+    scores = eval_seed.eval_seed(annotation, result_file, upload)
+    assert scores["image_accuracy_percent"] == pytest.approx(40.0)
+    assert scores["video_accuracy_percent"] == 100.0 and scores["video_count"] == 1
+    assert scores["overall_accuracy_percent"] == pytest.approx(50.0)  # 3 of 6
+    assert scores["dimensions"]["10"] == {
+        "name": "Action Recognition",
+        "data_type": "video",
+        "correct": 1,
+        "count": 1,
+        "accuracy_percent": 100.0,
+    }
+    assert upload.read_text().splitlines()[-1] == json.dumps({"question_id": "3001", "prediction": "B"})
+    with pytest.raises(KeyError, match="not in the annotation"):
+        eval_seed.score_answers({}, [], {"7": "A"})
+
+
+def test_seed_image_question_selection(tmp_path: Path) -> None:
+    from llava.eval import eval_seed
+
+    annotation, _ = _seed_files(tmp_path, [])
+    suffix = "\nA. One\nB. Two\nC. Three\nD. Four\nAnswer with the option's letter from the given choices directly."
+    rows = [
+        {"image": f"SEED-Bench-image/{qid}.jpg", "text": "How many?" + suffix, "question_id": int(qid)}
+        for qid in ("101", "102", "103", "104", "105")
+    ]
+    rows.insert(
+        2, {"image": "SEED-Bench-video-image/3001.png", "text": "What?" + suffix, "question_id": 3001}
+    )
+    questions = write_lines(tmp_path / "llava-seed-bench.jsonl", rows)
+    out = tmp_path / "out" / "image.jsonl"
+    result = eval_seed.main(
+        ["--annotation-file", str(annotation), "--select-image-questions", str(questions), str(out)]
+    )
+    assert result == {"image_questions": 5}
+    assert read_jsonl(out) == [row for row in rows if row["question_id"] != 3001]
+
+
 # ---------------------------------------------------------------- benchmark declarations and the report
 
 SCRIPTS = REPO_ROOT / "scripts" / "v1_5" / "eval"
 TABLE1 = ("VQAv2", "SQA-IMG", "TextVQA", "POPE", "MME", "MMB")
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+OPTION_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
 def test_the_six_declarations_are_table_1_and_match_their_scripts_and_docs() -> None:
@@ -642,6 +890,25 @@ def test_the_six_declarations_are_table_1_and_match_their_scripts_and_docs() -> 
             assert benchmark.suffix_flag in script, benchmark.name
         assert f"| `{benchmark.script}` |" in docs, benchmark.name
         assert benchmark.metric_name, benchmark.name
+
+
+def test_gqa_and_seed_are_declared_after_table_1_with_their_scripts_and_docs() -> None:
+    """GQA and SEED are not Table 1 columns: declared with ``table1=None``, after the six, in MODEL_ZOO order."""
+    declared = benchmarks.benchmarks()
+    extra = [b.column for b in declared if b.table1 is None]  # other modules may have registered more
+    assert [column for column in extra if column in ("GQA", "SEED")] == ["GQA", "SEED"]
+    assert all(b.table1 is not None for b in declared[: len(declared) - len(extra)])  # the six come first
+    docs = (REPO_ROOT / "docs" / "Evaluation.md").read_text()
+    for name in ("gqa", "seed"):
+        benchmark = benchmarks.get(name)
+        assert benchmark.table1 is None and not benchmark.server_scored
+        assert benchmark.fixed_answers_stem == "merge" and benchmark.suffix_flag is None
+        script = (SCRIPTS / benchmark.script).read_text()
+        assert benchmark.runner in script and f"-m {benchmark.scorer}" in script, name
+        assert "run_sharded" in script, name
+        assert f"| `{benchmark.script}` |" in docs, name
+    assert benchmarks.get("gqa").prompt_suffix == SHORT_ANSWER
+    assert benchmarks.get("seed").prompt_suffix == OPTION_SUFFIX
 
 
 @needs_fixtures
@@ -667,6 +934,9 @@ def test_declared_answer_parsers_are_the_scorers() -> None:
     assert benchmarks.get("mme").parse_answer("Yes.") == "yes"
     assert benchmarks.get("textvqa").parse_answer("The Dog.") == "dog"
     assert benchmarks.get("mmbench").parse_answer is None  # the server reads the raw text
+    assert benchmarks.get("gqa").parse_answer("Left..") == "left"
+    assert benchmarks.get("seed").parse_answer("B") == "B"
+    assert benchmarks.get("seed").parse_answer("B.") == ""  # only a bare letter can be right
 
 
 def test_scorers_record_their_headline(tmp_path: Path) -> None:
@@ -736,6 +1006,31 @@ def test_report_reads_score_files_with_and_without_a_headline(tmp_path: Path) ->
     assert set(table["new"]) == set(TABLE1)
     assert table["new"]["POPE"]["score"] == 85.94
     assert table["new"]["VQAv2"]["file"].endswith("stubs/new/merge.scores.json")
+    assert "GQA" not in markdown and "SEED" not in markdown  # shown only when some row has them
+
+
+def test_report_shows_gqa_and_seed_after_the_table_1_columns(tmp_path: Path) -> None:
+    """GQA / SEED score files add their columns after Table 1's six; the row is the folder of merge.jsonl."""
+    from llava.eval import eval_gqa, eval_seed, report
+
+    gqa = eval_gqa.BENCHMARK.stamp({"accuracy_percent": 61.86, "count": 12578})
+    seed = eval_seed.BENCHMARK.stamp({"image_accuracy_percent": 58.6, "image_count": 14233})
+    _score_file(
+        tmp_path / "gqa" / "answers" / "llava_gqa_testdev_balanced" / "r7b" / "merge.scores.json", gqa
+    )
+    _score_file(tmp_path / "seed_bench" / "answers" / "r7b" / "merge.scores.json", seed)
+    _score_file(tmp_path / "pope" / "answers" / "r7b.scores.json", {"mean_f1_percent": 85.9})
+    _score_file(tmp_path / "pope" / "answers" / "only-pope.scores.json", {"mean_f1_percent": 80.0})
+    markdown = report.main(["--results", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    assert "| Model | VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB | GQA | SEED |\n" in markdown
+    assert "| r7b | - | - | - | 85.9 | - | - | 61.9 | 58.6 |\n" in markdown
+    assert "| only-pope | - | - | - | 80.0 | - | - | - | - |\n" in markdown
+    table = json.loads((tmp_path / "r.json").read_text())
+    assert table["r7b"]["GQA"]["score"] == 61.86 and table["r7b"]["SEED"]["score"] == 58.6
+    # Only GQA present: its column alone is added.
+    (tmp_path / "seed_bench" / "answers" / "r7b" / "merge.scores.json").unlink()
+    markdown = report.main(["--results", str(tmp_path)])
+    assert "| Model | VQAv2 | SQA-IMG | TextVQA | POPE | MME | MMB | GQA |\n" in markdown
 
 
 # A benchmark declared here, in a test module: its data, its scorer, and nothing else.
