@@ -7,7 +7,7 @@
 set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${1:-$(mktemp -d)/lock-venv}
-bash "$REPO_ROOT/scripts/newest_env.sh" "$VENV" dev,train,viz,demo
+bash "$REPO_ROOT/scripts/newest_env.sh" "$VENV" dev,train,viz,demo,video
 TORCH_PIN=$(grep -E '^torch==' "$REPO_ROOT/constraints.txt")
 {
     sed -n '/^#/p' "$REPO_ROOT/constraints.txt" | sed '/^# Locked on /d'

@@ -14,6 +14,7 @@ LIBRARY = [
     *sorted((PACKAGE / "model").rglob("*.py")),
     *sorted((PACKAGE / "train").rglob("*.py")),
     *sorted((PACKAGE / "eval").rglob("*.py")),
+    *sorted((PACKAGE / "video").rglob("*.py")),
     *(
         PACKAGE / name
         for name in ("constants.py", "conversation.py", "dtypes.py", "mm_utils.py", "prompting.py")
