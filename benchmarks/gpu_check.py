@@ -43,6 +43,9 @@ SECTIONS = ("inference", "fastv_sdpa", "lora_zero2", "bench_e2e")
 QUESTIONS = ["What is this?", "Describe the image in detail please.", "How many objects are there?"]
 NEW_TOKENS = 8
 FASTV = {"method": "fastv", "ratio": 0.5, "llm_layer": 0}  # the tiny model has 2 decoder layers
+# ATP training-free (fixed thresholds), pruning the input of the tiny model's second layer
+ATP = {"method": "atp", "atp_layers": (1,), "atp_redundancy_threshold": 0.5, "atp_spatial_threshold": 0.5}
+IN_LLM = {"fastv": FASTV, "atp": ATP}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,7 +79,7 @@ def machine() -> dict[str, Any]:
 
 
 def set_reducer(model, name: str, pixels: torch.Tensor) -> None:
-    """``name`` with its defaults, or with a budget of 64 (FastV: a ratio) where it needs one.
+    """``name`` with its defaults, or with a budget of 64 (in-LLM methods: :data:`IN_LLM`) where it needs one.
 
     Some reducers say so only when they run, so the tower runs once on one image to find out.
     """
@@ -85,7 +88,7 @@ def set_reducer(model, name: str, pixels: torch.Tensor) -> None:
         with torch.no_grad():
             model.get_vision_tower()(pixels[:1])
     except ValueError:
-        model.set_token_reduction(FASTV if name == "fastv" else {"method": name, "budget": 64})
+        model.set_token_reduction(IN_LLM.get(name, {"method": name, "budget": 64}))
 
 
 def prompts(tokenizer, device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

@@ -408,6 +408,7 @@ def load_pretrained_model(
     kwargs = _from_pretrained_kwargs(dtype, attn_implementation, load_8bit, load_4bit, device_map)
     model = _load_weights(kind, folder, base, config, model_base, **kwargs)
     tower = model.get_vision_tower()
+    model.get_model().in_llm_method()  # an in-LLM method's layers are checked against the LLM here
     if device_map is None:
         model.to(device)
     tower.to(device=model.device, dtype=dtype)

@@ -39,6 +39,12 @@ def test_every_option_reaches_every_surface():
         "iqr_scale",
         "grid",
         "llm_layer",
+        "atp_layers",
+        "atp_target_tokens",
+        "atp_temperature",
+        "atp_spatial_lambda",
+        "atp_redundancy_threshold",
+        "atp_spatial_threshold",
     ]
     cli_flags = {a.option_strings[0] for a in cli_parser()._actions if a.option_strings and a.dest != "help"}
     training = {f for f in ReductionArguments.__dataclass_fields__}
@@ -46,7 +52,10 @@ def test_every_option_reaches_every_surface():
     for name, spec in option_specs().items():
         assert f"--{spec.flag}" in cli_flags
         assert spec.arg_name in training and spec.arg_name in reduction_keys()
-        assert getattr(ReductionArguments(), spec.arg_name) == getattr(ReductionConfig(), name)  # one default
+        training_default = getattr(ReductionArguments(), spec.arg_name)
+        if spec.format is not None and training_default is not None:  # a tuple option is a string flag
+            training_default = spec.parse(training_default)
+        assert training_default == getattr(ReductionConfig(), name)  # one default
 
 
 def test_cli_reaches_fastv_and_spatial_options():

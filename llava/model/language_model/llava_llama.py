@@ -79,8 +79,16 @@ class LlavaLlamaModel(LlamaModel):
         if reduction is None:
             return None
         if self._in_llm_method is None or self._in_llm_method.config != reduction:
-            self._in_llm_method = get_reducer(reduction.method).in_llm_method(reduction)
+            self._in_llm_method = self.build_in_llm_method(reduction)
         return self._in_llm_method
+
+    def build_in_llm_method(self, reduction: ReductionConfig) -> InLLMMethod:
+        """The in-LLM method of ``reduction``, checked against this model's layers (ATP's insertion layers)."""
+        method = get_reducer(reduction.method).in_llm_method(reduction)
+        check = getattr(method, "check_layers", None)
+        if check is not None:
+            check(len(self.layers))
+        return method
 
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM):
@@ -119,6 +127,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     ) -> ReductionConfig:
         """Switches the reducer and records it in ``config.mm_token_reduction``."""
         reduction = ReductionConfig.from_value(reduction)
+        if reduction.in_llm:
+            self.model.build_in_llm_method(reduction)  # options that must fit the LLM raise before any switch
         self._require_tower().set_reduction(reduction)
         self.config.mm_token_reduction = reduction.to_dict()
         return reduction
@@ -215,7 +225,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             visual_mask = spliced.visual_mask
         method = self.model.in_llm_method()
         if method is not None and self.training:
-            raise ValueError("FastV is an inference-time method; it cannot run while training.")
+            raise ValueError(
+                f"The in-LLM reduction {self.model.in_llm_reduction().method!r} runs at inference only; "
+                "it cannot run while training."
+            )
         with (
             self.model.in_llm.forward_step(method, visual_mask, attention_mask, query_index)
             if method is not None

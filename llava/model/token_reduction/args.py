@@ -121,8 +121,8 @@ def reduction_from_args(recorded: ReductionConfig, args: argparse.Namespace) -> 
 def _training_field(name: str, spec: OptionSpec, default: Any) -> tuple[str, Any, Any]:
     kind = {int: int, float: float}.get(spec.parse, str)
     typ = kind if default is not None else kind | None
-    if name == "grid":
-        default = None if default is None else "x".join(map(str, default))
+    if spec.format is not None:  # a tuple option (grid, atp_layers): a string flag, parsed by to_config
+        default = None if default is None else spec.format(default)
     metadata = {"help": spec.help} | ({"choices": list(spec.choices)} if spec.choices else {})
     return spec.arg_name, typ, field(default=default, metadata=metadata)
 
@@ -130,8 +130,9 @@ def _training_field(name: str, spec: OptionSpec, default: Any) -> tuple[str, Any
 def _to_config(self) -> ReductionConfig:
     """The :class:`ReductionConfig` these training flags name."""
     values = {name: getattr(self, spec.arg_name) for name, spec in option_specs().items()}
-    if isinstance(values["grid"], str):
-        values["grid"] = option_specs()["grid"].parse(values["grid"])
+    for name, spec in option_specs().items():
+        if spec.format is not None and isinstance(values[name], str):
+            values[name] = spec.parse(values[name])
     return ReductionConfig.from_value(values)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
-from llava.model.token_reduction.registry import get_reducer
+from llava.model.token_reduction.registry import available_reducers, get_reducer
 
 VARIANTS = ("reference", "paper")
 PLUS_FORMS = ("adaptive", "fixed")
@@ -29,6 +29,26 @@ def parse_grid(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def format_grid(grid: tuple[int, int]) -> str:
+    """``(5, 8)`` → ``"5x8"`` (the inverse of :func:`parse_grid`)."""
+    return f"{grid[0]}x{grid[1]}"
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"4,14,24"`` → ``(4, 14, 24)``."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(
+            f"Layers are non-negative integers separated by commas (e.g. 4,14,24), got {text!r}."
+        )
+    return tuple(int(p) for p in parts)
+
+
+def format_layers(layers: tuple[int, ...]) -> str:
+    """``(4, 14, 24)`` → ``"4,14,24"`` (the inverse of :func:`parse_layers`)."""
+    return ",".join(str(layer) for layer in layers)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """How one :class:`ReductionConfig` field appears on the command line and in ``model_args``.
@@ -38,6 +58,8 @@ class OptionSpec:
             its underscore form (``reduction_budget``) is the training flag and the lmms-eval key.
         help: one line of help.
         parse: text → value (``int``, ``float``, :func:`parse_grid`, ...).
+        format: value → text, the inverse of ``parse``, for options whose value is a tuple (``grid``,
+            ``atp_layers``): such an option is a string training flag and a list in ``config.json``.
         choices: the valid values, when they are a fixed list.
         metavar: the placeholder shown in ``--help``.
         clear_with: the command-line value that clears the option back to its default (None: none).
@@ -48,6 +70,7 @@ class OptionSpec:
     flag: str
     help: str
     parse: Callable[[str], Any] = str
+    format: Callable[[Any], str] | None = None
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
     clear_with: Any = None
@@ -83,6 +106,14 @@ class ReductionConfig:
         iqr_scale: the outlier fence is ``Q3 + iqr_scale * (Q3 - Q1)``.
         grid: ``spatial`` only: rows and columns of the evenly spread grid, e.g. ``(5, 8)``.
         llm_layer: in-LLM methods: the language-model layer K after which visual tokens are dropped.
+        atp_layers: ATP only: the decoder layers whose input is pruned (0-based, increasing, >= 1); the
+            module before layer l scores the tokens with layer l - 1's attention.
+        atp_target_tokens: ATP only: the average visual-token count over all layers (N̄) that ATP
+            training aims at (144 or 88 in the paper); recorded, and checked against the tower's count.
+        atp_temperature: ATP only: the temperature of the soft masks used in training.
+        atp_spatial_lambda: ATP only: λ of the spatial score ``1 - λ * sampling rate``.
+        atp_redundancy_threshold, atp_spatial_threshold: ATP only: fixed thresholds θ_r, θ_s for every
+            module (the training-free mode); required while no trained ATP modules exist.
 
     A method reads only the fields its registry entry lists (:attr:`Reducer.options`); giving any other
     field a non-default value raises, so a flag never silently does nothing.
@@ -119,6 +150,7 @@ class ReductionConfig:
         "reduction-grid",
         "spatial only: ROWSxCOLS of the grid, e.g. 5x8",
         parse=parse_grid,
+        format=format_grid,
         metavar="RxC",
     )
     llm_layer: int = option(
@@ -128,6 +160,49 @@ class ReductionConfig:
         parse=int,
         metavar="K",
     )
+    atp_layers: tuple[int, ...] = option(
+        (4, 14, 24),
+        "reduction-atp-layers",
+        "ATP only: decoder layers whose input is pruned, e.g. 4,14,24",
+        parse=parse_layers,
+        format=format_layers,
+        metavar="L1,L2,...",
+    )
+    atp_target_tokens: int | None = option(
+        None,
+        "reduction-atp-target-tokens",
+        "ATP only: average visual tokens over all layers that training aims at (e.g. 144)",
+        parse=int,
+        metavar="N",
+    )
+    atp_temperature: float = option(
+        0.1,
+        "reduction-atp-temperature",
+        "ATP only: soft-mask temperature (training)",
+        parse=float,
+        metavar="T",
+    )
+    atp_spatial_lambda: float = option(
+        3.0,
+        "reduction-atp-spatial-lambda",
+        "ATP only: spatial score 1 - lambda * sampling rate",
+        parse=float,
+        metavar="L",
+    )
+    atp_redundancy_threshold: float | None = option(
+        None,
+        "reduction-atp-redundancy-threshold",
+        "ATP only: fixed redundancy threshold (training-free mode)",
+        parse=float,
+        metavar="THETA",
+    )
+    atp_spatial_threshold: float | None = option(
+        None,
+        "reduction-atp-spatial-threshold",
+        "ATP only: fixed spatial threshold (training-free mode)",
+        parse=float,
+        metavar="THETA",
+    )
 
     def __post_init__(self) -> None:
         reducer = get_reducer(self.method)  # raises with the list of valid names
@@ -136,6 +211,8 @@ class ReductionConfig:
             if len(grid) != 2 or min(grid) < 1:
                 raise ValueError(f"grid must be two positive integers (rows, cols), got {self.grid!r}.")
             object.__setattr__(self, "grid", grid)
+        if not isinstance(self.atp_layers, tuple):  # a list from config.json
+            object.__setattr__(self, "atp_layers", tuple(self.atp_layers))
         self._check_values()
         if reducer.check is not None:
             reducer.check(self)
@@ -169,9 +246,12 @@ class ReductionConfig:
                 or getattr(self, f.name) == f.default
             ):
                 continue
+            owners = [name for name in available_reducers() if f.name in get_reducer(name).options]
             raise ValueError(
-                f"{f.name}={getattr(self, f.name)!r} (--{spec.flag}) is an option of other reducers; "
-                f"the {self.method!r} reducer has none (it reads: {', '.join(sorted(used)) or 'no options'})."
+                f"{f.name}={getattr(self, f.name)!r} (--{spec.flag}) is an option of "
+                f"{', '.join(repr(o) for o in owners) or 'other reducers'}; the {self.method!r} reducer has "
+                f"none (it reads: {', '.join(sorted(used)) or 'no options'}). One reduction method runs per "
+                "model: set the options of the chosen method only."
             )
 
     def require_budget_or_ratio(self, example: str) -> None:
@@ -231,10 +311,7 @@ class ReductionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (what ``config.json`` stores as ``mm_token_reduction``)."""
-        out = asdict(self)
-        if out["grid"] is not None:
-            out["grid"] = list(out["grid"])
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def describe(self) -> str:
         """A short human-readable name, e.g. ``prumerge_plus/reference/adaptive``."""
@@ -249,6 +326,10 @@ class ReductionConfig:
             parts.append(f"ratio={self.ratio:g}")
         if self.grid is not None:
             parts.append(f"grid={self.grid[0]}x{self.grid[1]}")
+        if "atp_layers" in get_reducer(self.method).options:
+            parts.append(f"layers={format_layers(self.atp_layers)}")
+            if self.atp_redundancy_threshold is not None and self.atp_spatial_threshold is not None:
+                parts.append(f"theta={self.atp_redundancy_threshold:g},{self.atp_spatial_threshold:g}")
         return "/".join(parts)
 
 

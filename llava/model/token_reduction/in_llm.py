@@ -63,6 +63,9 @@ class PruneStep:
         mode: ``"prefill"``, ``"decode"`` or None (nothing to do), fixed at the first layer.
         layouts: the pruning stages so far (prefill) or of the prompt (decode).
         kept_visual: visual tokens per sample after each pruning stage (``[B]`` each).
+        visual_rank: ``[B, L]`` each visual token's index among its sample's prefill visual tokens (its
+            raster index in the image for one image per sample), -1 elsewhere; set at the first layer.
+        visual_count: ``[B]`` visual tokens per sample before any pruning; set at the first layer.
         scores: per-method scratch space between ``before_layer`` and ``keep``.
     """
 
@@ -72,6 +75,8 @@ class PruneStep:
     mode: str | None = None
     layouts: list[PrunedLayout] = field(default_factory=list)
     kept_visual: list[torch.Tensor] = field(default_factory=list)
+    visual_rank: torch.Tensor | None = None
+    visual_count: torch.Tensor | None = None
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def layout_for(self, layer_idx: int) -> PrunedLayout | None:
@@ -89,7 +94,11 @@ class PruneStep:
 
 
 class InLLMMethod(Protocol):
-    """An in-LLM pruning method: which layers prune, how tokens are scored and which are kept."""
+    """An in-LLM pruning method: which layers prune, how tokens are scored and which are kept.
+
+    A method may also have ``check_layers(num_layers)``, raising ``ValueError`` when its layers do not fit
+    the language model; the model calls it whenever it builds the method.
+    """
 
     prune_layers: tuple[int, ...]
 
@@ -260,6 +269,8 @@ class InLLMPruning:
                 raise ValueError(
                     f"visual_mask has shape {tuple(step.visual.shape)}; the prompt is {tuple(step.valid.shape)}."
                 )
+            step.visual_count = step.visual.sum(dim=1)
+            step.visual_rank = (step.visual.cumsum(dim=1) - 1).masked_fill(~step.visual, -1)
 
     def _before(self, idx: int, layer: nn.Module, args: tuple, kwargs: dict):
         step = self.step
@@ -292,6 +303,7 @@ class InLLMPruning:
         valid = local_valid if previous is None else local_valid & previous.valid.gather(1, local_index)
         step.layouts.append(PrunedLayout(idx, full_length, index, valid))
         step.visual = step.visual.gather(1, local_index) & valid
+        step.visual_rank = step.visual_rank.gather(1, local_index).masked_fill(~step.visual, -1)
         step.valid = valid
         step.kept_visual.append(step.visual.sum(dim=1))
         cache = find_cache(kwargs)

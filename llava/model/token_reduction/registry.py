@@ -118,6 +118,12 @@ def get_reducer(name: str) -> Reducer:
     try:
         return _REGISTRY[name]
     except KeyError:
+        parts = [part.strip() for part in str(name).replace("+", ",").split(",")]
+        if len(parts) > 1 and all(part in _REGISTRY for part in parts):
+            raise ValueError(
+                f"{name!r} names several token-reduction methods; one method runs per model (each reads "
+                f"its own options), so choose one of: {', '.join(parts)}."
+            ) from None
         raise ValueError(
             f"Unknown token-reduction method {name!r}; valid methods are: {', '.join(sorted(_REGISTRY))}."
         ) from None
