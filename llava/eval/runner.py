@@ -42,6 +42,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
 from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
+from llava.model.token_reduction import ReductionConfig
 from llava.model.token_reduction.args import add_reduction_args, reduction_changes
 from llava.prompting import batch_prompt_ids, build_prompt, check_generation_args, generation_kwargs
 
@@ -302,13 +303,27 @@ def check_same_settings(path: Path, state: AnswerFileState, recorded: dict | Non
             file=sys.stderr,
         )
         return
-    differs = settings_difference({k: recorded.get(k) for k in current}, current)
+    differs = settings_difference(
+        {k: _normalised(k, recorded.get(k)) for k in current},
+        {k: _normalised(k, v) for k, v in current.items()},
+    )
     if differs:
         raise ValueError(
             f"{path} holds {state.count} answer(s) made with other settings ({'; '.join(differs)}). Resuming "
             "would mix the two: pass another --answers-file (the eval scripts name runs after their "
             "settings), or delete the file to start again. It was left unchanged."
         )
+
+
+def _normalised(key: str, value: Any) -> Any:
+    """A recorded reduction with every option filled in, so that options added since it was written (at
+    their defaults) are no difference; other settings as they are."""
+    if key == "reduction" and isinstance(value, dict):
+        try:
+            return ReductionConfig.from_value(value).to_dict()
+        except ValueError:
+            return value
+    return value
 
 
 def write_settings(path: Path, settings: dict[str, Any]) -> None:

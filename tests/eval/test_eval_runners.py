@@ -202,6 +202,28 @@ def test_resume_with_other_settings_is_refused_and_names_the_difference(ckpt, tm
     assert [a["text"] for a in read_lines(answers)] == [a["text"] for a in before]
 
 
+def test_settings_recorded_before_new_reduction_options_existed_still_resume(ckpt, tmp_path):
+    """A reduction option added later (at its default) is no difference: runs recorded by an earlier version
+    resume; a real difference in the recorded reduction is still refused."""
+    questions = write_questions(tmp_path, generated_rows(3))
+    answers = tmp_path / "answers.jsonl"
+    assert run_loader(ckpt, questions, answers, "--reduction-budget", "8") == 0
+    sidecar = tmp_path / "answers.jsonl.settings.json"
+    settings = json.loads(sidecar.read_text())
+    older = ("variant", "form", "budget", "ratio", "num_neighbors", "iqr_scale", "grid", "llm_layer")
+    settings["reduction"] = {k: v for k, v in settings["reduction"].items() if k == "method" or k in older}
+    settings["options"] = {k: v for k, v in settings["options"].items() if not k.startswith("reduction_atp")}
+    sidecar.write_text(json.dumps(settings))
+    answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:2]))
+    assert run_loader(ckpt, questions, answers, "--reduction-budget", "8") == 0
+    assert len(read_lines(answers)) == 3
+    settings = json.loads(sidecar.read_text())
+    settings["reduction"]["num_neighbors"] = 16  # made with another reduction
+    sidecar.write_text(json.dumps(settings))
+    answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:2]))
+    assert run_loader(ckpt, questions, answers, "--reduction-budget", "8") == 2
+
+
 def test_answer_file_reader_drops_only_a_cut_last_line(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text('{"question_id": 1}\n\n{"question_id": "1"}\n{"question_id": 2, "te')
