@@ -35,7 +35,7 @@ from typing import Any
 
 from llava.eval.io import read_json, read_jsonl, scores_path, write_json
 
-# The answer-format instructions of LLaVA-1.5's evaluation (spec §4.1).
+# The answer-format instructions of LLaVA-1.5's evaluation (docs/Evaluation.md).
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = {
     "en": "Answer with the option's letter from the given choices directly.",

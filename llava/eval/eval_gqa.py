@@ -1,4 +1,4 @@
-"""Score GQA testdev-balanced answers the way LLaVA-1.5 reports them (spec §4.1, §4.2, §4.9).
+"""Score GQA testdev-balanced answers the way LLaVA-1.5 reports them (see docs/Evaluation.md).
 
 Usage (``gqa.sh`` runs it on the merged chunks)::
 

@@ -1,4 +1,4 @@
-"""MMBench dev's declaration and score stub: scored by the OpenCompass server (spec §4.8).
+"""MMBench dev's declaration and score stub: scored by the OpenCompass server (see docs/Evaluation.md).
 
 Usage (``mmbench.sh`` runs it after building the upload sheet with
 ``scripts/convert_mmbench_for_submission.py``)::

@@ -1,4 +1,4 @@
-"""Convert LLaVA's MME answers to MME's result layout and score them (spec §4.7).
+"""Convert LLaVA's MME answers to MME's result layout and score them (see docs/Evaluation.md).
 
 Usage::
 

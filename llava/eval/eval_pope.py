@@ -1,4 +1,4 @@
-"""Score POPE answers the way LLaVA-1.5 reports them (spec §4.6).
+"""Score POPE answers the way LLaVA-1.5 reports them (see docs/Evaluation.md).
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Score ScienceQA answers the way LLaVA-1.5 reports them (spec §4.4).
+"""Score ScienceQA answers the way LLaVA-1.5 reports them (see docs/Evaluation.md).
 
 Usage::
 

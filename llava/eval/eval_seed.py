@@ -1,4 +1,4 @@
-"""Score SEED-Bench answers the way LLaVA-1.5 reports them: the image part (spec §4.1, §4.2, §4.9).
+"""Score SEED-Bench answers the way LLaVA-1.5 reports them: the image part (see docs/Evaluation.md).
 
 Usage (``seed.sh`` runs both steps)::
 

@@ -1,4 +1,4 @@
-"""VQAv2 test-dev's declaration and score stub: scored by the EvalAI server (spec §4.3).
+"""VQAv2 test-dev's declaration and score stub: scored by the EvalAI server (see docs/Evaluation.md).
 
 Usage (``vqav2.sh`` runs it after building the upload file with ``scripts/convert_vqav2_for_submission.py``)::
 

@@ -1,7 +1,7 @@
 """EvalAI answer normalisation and TextVQA soft accuracy, matching the official VQA/EvalAI scorer.
 
 :class:`EvalAIAnswerProcessor` reproduces the normaliser used by the VQAv2 EvalAI server and by
-LLaVA's TextVQA scorer *including its quirks* (spec §4.3), because the published numbers were
+LLaVA's TextVQA scorer *including its quirks* (docs/Evaluation.md lists them), because the published numbers were
 computed with them:
 
 * punctuation marks are deleted or replaced by a space depending on the *input* text, not on the

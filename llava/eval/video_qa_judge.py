@@ -10,7 +10,7 @@ Usage::
         [--workers 8] [--retries 10] [--timeout 60]
 
 The prediction file holds one JSON object per line, ``{"id", "question", "answer", "pred", ...}``, the keys
-``llava.eval.model_video_qa`` writes (spec video_prumerge §5.2, upstream's keys); ids must be unique.
+``llava.eval.model_video_qa`` writes (upstream's keys; see docs/VideoQA.md); ids must be unique.
 Every item is one chat-completions request to ``POST {base_url}/chat/completions`` with the body
 ``{"model", "messages"}`` (``temperature`` / ``seed`` / ``max_tokens`` only when given) and the two
 messages of upstream ``eval_video_qa.py`` (:data:`SYSTEM_PROMPT`, :func:`user_prompt`; §5.3). Any
@@ -62,7 +62,7 @@ from typing import Any
 from llava.eval.benchmarks import Benchmark, register
 from llava.eval.io import iter_numbered_jsonl, read_json, write_json, write_scores
 
-# The two messages of upstream eval_video_qa.py (spec video_prumerge §5.3), character for character:
+# The two messages of upstream eval_video_qa.py (docs/VideoQA.md), character for character:
 # note "task:------##INSTRUCTIONS: ", the double space in "is  a string" and "STRING.DO NOT".
 SYSTEM_PROMPT = (
     "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "

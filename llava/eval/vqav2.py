@@ -1,4 +1,4 @@
-"""Build the VQAv2 EvalAI upload file from merged answers (spec §4.3).
+"""Build the VQAv2 EvalAI upload file from merged answers (see docs/Evaluation.md).
 
 There is no local VQAv2 metric: the published number is the EvalAI server's test-dev accuracy.
 :func:`convert_vqav2_for_submission` iterates the **full** test question file
