@@ -67,3 +67,27 @@ def train_args(root, base, clip, out, *extra) -> list[str]:
         "no",
         *extra,
     ]
+
+
+def recompute_greedy(model, ids, mask, pixels, steps):
+    """Greedy decoding that recomputes the whole sequence at every step (no KV cache), for in-LLM methods:
+    the query index stays the last prompt token, as at generation."""
+    with torch.no_grad():
+        spliced = model.prepare_multimodal_inputs(ids, mask, pixels, padding_side="left")
+        embeds, valid, visual = spliced.inputs_embeds, spliced.attention_mask, spliced.visual_mask
+        query = embeds.shape[1] - 1  # the last prompt token; generated tokens are not prompt text
+        tokens = []
+        for _ in range(steps):
+            logits = model(
+                inputs_embeds=embeds,
+                attention_mask=valid,
+                visual_mask=visual,
+                query_index=query,
+                use_cache=False,
+            ).logits
+            nxt = logits[:, -1].argmax(-1)  # [B]
+            tokens.append(nxt)
+            embeds = torch.cat([embeds, model.get_input_embeddings()(nxt)[:, None]], dim=1)
+            valid = torch.cat([valid, valid.new_ones(len(nxt), 1)], dim=1)
+            visual = torch.cat([visual, visual.new_zeros(len(nxt), 1)], dim=1)
+    return torch.stack(tokens, dim=1)

@@ -5,7 +5,7 @@ from unittest import mock
 
 import pytest
 import torch
-from tests_support import pad_left, prompt_ids
+from tests_support import pad_left, prompt_ids, recompute_greedy
 
 from llava.model.token_reduction import ReductionConfig
 from llava.model.token_reduction.atp import (
@@ -269,29 +269,6 @@ def test_kept_tokens_keep_their_original_positions_and_decoding_continues(with_r
         assert ids_t.tolist() == [[full + t]]  # decode step t: full prompt length + t
         torch.testing.assert_close(cos_t, model.model.rotary_emb(spliced.inputs_embeds, ids_t)[0])
     assert len(seen_positions) == 1 + steps
-
-
-def recompute_greedy(model, ids, mask, pixels, steps):
-    """Greedy decoding that recomputes the whole sequence at every step (no KV cache)."""
-    with torch.no_grad():
-        spliced = model.prepare_multimodal_inputs(ids, mask, pixels, padding_side="left")
-        embeds, valid, visual = spliced.inputs_embeds, spliced.attention_mask, spliced.visual_mask
-        query = embeds.shape[1] - 1  # the last prompt token; generated tokens are not prompt text
-        tokens = []
-        for _ in range(steps):
-            logits = model(
-                inputs_embeds=embeds,
-                attention_mask=valid,
-                visual_mask=visual,
-                query_index=query,
-                use_cache=False,
-            ).logits
-            nxt = logits[:, -1].argmax(-1)  # [B]
-            tokens.append(nxt)
-            embeds = torch.cat([embeds, model.get_input_embeddings()(nxt)[:, None]], dim=1)
-            valid = torch.cat([valid, valid.new_ones(len(nxt), 1)], dim=1)
-            visual = torch.cat([visual, visual.new_zeros(len(nxt), 1)], dim=1)
-    return torch.stack(tokens, dim=1)
 
 
 def test_cached_generation_equals_recomputation_and_batch_equals_single(with_reduction):

@@ -4,7 +4,7 @@ from unittest import mock
 
 import pytest
 import torch
-from tests_support import pad_left, prompt_ids
+from tests_support import pad_left, prompt_ids, recompute_greedy
 
 from llava.model.token_reduction import ReductionConfig
 from llava.model.token_reduction.in_llm import CACHE_ATTRIBUTE, find_cache
@@ -19,29 +19,6 @@ def fastv_model(tiny_llava):
     model.set_token_reduction(FASTV)
     yield tokenizer, model
     model.set_token_reduction(previous)
-
-
-def recompute_greedy(model, ids, mask, pixels, steps):
-    """Greedy decoding that recomputes the whole sequence at every step (no KV cache)."""
-    with torch.no_grad():
-        spliced = model.prepare_multimodal_inputs(ids, mask, pixels, padding_side="left")
-        embeds, valid, visual = spliced.inputs_embeds, spliced.attention_mask, spliced.visual_mask
-        query = embeds.shape[1] - 1  # the last prompt token
-        tokens = []
-        for _ in range(steps):
-            logits = model(
-                inputs_embeds=embeds,
-                attention_mask=valid,
-                visual_mask=visual,
-                query_index=query,
-                use_cache=False,
-            ).logits
-            nxt = logits[:, -1].argmax(-1)  # [B]
-            tokens.append(nxt)
-            embeds = torch.cat([embeds, model.get_input_embeddings()(nxt)[:, None]], dim=1)
-            valid = torch.cat([valid, valid.new_ones(len(nxt), 1)], dim=1)
-            visual = torch.cat([visual, visual.new_zeros(len(nxt), 1)], dim=1)
-    return torch.stack(tokens, dim=1)
 
 
 @pytest.mark.parametrize(
