@@ -329,6 +329,10 @@ def test_average_visual_tokens_of_a_run(with_reduction):
     step = seen[-1]["step"]
     average = average_visual_tokens(step.visual_count, step.kept_visual, (1, 2, 3), LAYERS)
     assert average.tolist() == [(576 + 3 * 36) / 4]
+    assert model.visual_token_schedule().tolist() == [[576, 36, 36, 36]]
+    with torch.no_grad():  # a text-only prompt prunes nothing and leaves no schedule
+        model(input_ids=prompt_ids(tokenizer, "Hello", image=False)[None])
+    assert model.visual_token_schedule() is None
 
 
 # --- bad input -----------------------------------------------------------------------------------------

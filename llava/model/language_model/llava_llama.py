@@ -281,6 +281,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             self, inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs
         )
 
+    def visual_token_schedule(self) -> torch.Tensor | None:
+        """``[B, num_layers]`` visual tokens each decoder layer ran on in the last prefill with an in-LLM
+        reduction (FastV, ATP), or None (no in-LLM reduction: every layer runs on ``num_visual_tokens``)."""
+        if self.model.in_llm_reduction() is None:
+            return None
+        return self.model.in_llm.last_schedule
+
     def save_pretrained(self, save_directory: Any, state_dict: dict | None = None, **kwargs: Any) -> None:
         """Saves like transformers does, without the vision tower (it loads from ``mm_vision_tower``)."""
         state_dict = self.state_dict() if state_dict is None else state_dict

@@ -221,13 +221,27 @@ def slice_layer_inputs(
     return kwargs
 
 
+def layer_schedule(step: PruneStep, prune_layers: tuple[int, ...], num_layers: int) -> torch.Tensor:
+    """``[B, num_layers]`` int64: the visual tokens each decoder layer ran on in a prefill.
+
+    Every layer up to and including a pruning layer sees the tokens of the stage before; the layers after
+    pruning layer ``p`` see the ones kept there (``step.kept_visual``, one entry per pruning layer reached).
+    """
+    counts = step.visual_count[:, None].expand(-1, num_layers).clone()
+    for layer, kept in zip(prune_layers, step.kept_visual, strict=False):
+        counts[:, layer + 1 :] = kept[:, None]
+    return counts
+
+
 class InLLMPruning:
     """Hooks on the decoder layers that run an in-LLM method; inactive outside :meth:`forward_step`."""
 
     def __init__(self, layers: nn.ModuleList, config: Any) -> None:
         self.config = config
+        self.num_layers = len(layers)
         self.method: InLLMMethod | None = None
         self.step: PruneStep | None = None
+        self.last_schedule: torch.Tensor | None = None
         for idx, layer in enumerate(layers):
             layer.register_forward_pre_hook(partial(self._before, idx), with_kwargs=True)
             layer.register_forward_hook(partial(self._after, idx), with_kwargs=True)
@@ -240,7 +254,11 @@ class InLLMPruning:
         valid: torch.Tensor | None,
         query_index: int | None,
     ) -> Iterator[PruneStep]:
-        """Activates ``method`` for one forward pass of the language model."""
+        """Activates ``method`` for one forward pass of the language model.
+
+        After a prefill, :attr:`last_schedule` holds its per-layer visual-token counts
+        (:func:`layer_schedule`); decoding steps leave it as it is.
+        """
         self.method = method
         self.step = PruneStep(
             visual=None if visual is None else visual.bool(),
@@ -249,6 +267,10 @@ class InLLMPruning:
         )
         try:
             yield self.step
+            if self.step.mode == "prefill":
+                self.last_schedule = layer_schedule(self.step, method.prune_layers, self.num_layers)
+            elif self.step.mode is None:  # nothing to prune (no image): no schedule; decoding keeps it
+                self.last_schedule = None
         finally:
             self.method, self.step = None, None
 
