@@ -78,6 +78,27 @@ def prompt_ids(
     return tokenizer_image_token(build_prompt(template, text, image), tokenizer, return_tensors="pt")
 
 
+#: The template Video-LLaVA was trained and evaluated with ("A chat between a curious human ...").
+VIDEO_CONV_MODE = "llava_v1"
+
+
+def video_prompt(question: str, num_frames: int = 8, template: str | Conversation = VIDEO_CONV_MODE) -> str:
+    """Video-LLaVA's generation prompt: ``{system} USER: <image>`` × ``num_frames`` ``\\n{question} ASSISTANT:``.
+
+    One ``<image>`` marker per frame, as upstream's video QA builds it; each becomes one placeholder
+    that :class:`~llava.model.language_model.llava_video.LlavaVideoForCausalLM` replaces by its frame's tokens.
+    """
+    slot = "\x00question\x00"  # the template moves <image> markers, so they are put in afterwards
+    return build_prompt(template, slot).replace(slot, DEFAULT_IMAGE_TOKEN * num_frames + "\n" + question)
+
+
+def video_prompt_ids(
+    tokenizer: Any, question: str, num_frames: int = 8, template: str | Conversation = VIDEO_CONV_MODE
+) -> torch.Tensor:
+    """``[L]`` ids of :func:`video_prompt`, with ``num_frames`` ``IMAGE_TOKEN_INDEX`` placeholders."""
+    return tokenizer_image_token(video_prompt(question, num_frames, template), tokenizer, return_tensors="pt")
+
+
 # ---------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------

@@ -129,11 +129,16 @@ TRAIN_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170,
 
 
 def save_tiny_train_workspace(
-    root: str | Path, tokenizer_dir: str | Path, num_images: int = 24
+    root: str | Path,
+    tokenizer_dir: str | Path,
+    num_images: int = 24,
+    num_layers: int = 2,
+    image_size: int = 336,
 ) -> tuple[Path, Path]:
     """A base LLM, a 4-layer tiny CLIP tower and coloured-square questions in LLaVA's JSON (+ one text-only).
 
-    Writes ``root/base`` (a 2-layer width-64 Llama with the tokenizer of ``tokenizer_dir``),
+    Writes ``root/base`` (a ``num_layers``-layer width-64 Llama with the tokenizer of ``tokenizer_dir``; the
+    tower takes ``image_size`` pixels in 14-pixel patches),
     ``root/clip``, ``root/images/*.png`` and ``root/data.json``. Returns ``(base, clip)``.
     """
     import json
@@ -147,13 +152,18 @@ def save_tiny_train_workspace(
     base = root / "base"
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    sizes = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+    }
     ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     config = LlamaConfig(vocab_size=len(tokenizer), num_key_value_heads=4, **sizes, **ids)
     LlamaForCausalLM(config).save_pretrained(base)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, base / name)
-    clip = save_tiny_clip(root / "clip", num_layers=4)
+    clip = save_tiny_clip(root / "clip", num_layers=4, image_size=image_size)
     images = root / "images"
     images.mkdir(exist_ok=True)
     rng = random.Random(0)
@@ -171,6 +181,129 @@ def save_tiny_train_workspace(
     records.append({"id": "t", "conversations": text_only})
     (root / "data.json").write_text(json.dumps(records))
     return base, clip
+
+
+def save_tiny_languagebind(
+    out_dir: str | Path,
+    seed: int = 0,
+    qk_scale: float = 8.0,
+    num_frames: int = 8,
+    add_time_attn: bool = True,
+    hidden_size: int = 32,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    image_size: int = 56,
+    patch_size: int = 14,
+) -> Path:
+    """A seeded random video tower folder in ``LanguageBind_Video_merge``'s layout.
+
+    ``config.json`` nests the tower's config under ``vision_config`` (``hidden_act`` ``gelu``) beside a
+    ``text_config``; the weights are ``vision_model.*`` (temporal blocks included when ``add_time_attn``)
+    plus a few text-model weights that the loader must ignore. ``q_proj``/``k_proj`` are scaled by
+    ``qk_scale`` as in :func:`save_tiny_clip`. Default geometry: 56 px, patch 14 (4x4 = 16 patches per frame).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from llava.model.multimodal_encoder.languagebind_video import (
+        LanguageBindVideoConfig,
+        LanguageBindVideoEncoder,
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = LanguageBindVideoConfig(
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act="gelu",
+        projection_dim=hidden_size,
+        add_time_attn=add_time_attn,
+        num_frames=num_frames,
+    )
+    torch.manual_seed(seed)
+    encoder = LanguageBindVideoEncoder(config)
+    state = {}
+    for name, param in encoder.state_dict().items():
+        scale = qk_scale if name.endswith(("q_proj.weight", "k_proj.weight")) else 1.0
+        state[f"vision_model.{name}"] = (param * scale).contiguous()
+    state["text_model.embeddings.token_embedding.weight"] = torch.randn(16, hidden_size)
+    state["logit_scale"] = torch.tensor(4.6)
+    save_file(state, out_dir / "model.safetensors")
+    vision = {k: v for k, v in config.to_dict().items() if k != "transformers_version"}
+    text = {"hidden_size": hidden_size, "num_hidden_layers": 1, "vocab_size": 16}
+    files = {"model_type": "LanguageBindVideo", "vision_config": vision, "text_config": text}
+    (out_dir / "config.json").write_text(json.dumps(files, indent=2))
+    return out_dir
+
+
+def build_tiny_video_llava(
+    out_dir: str | Path,
+    tower_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    corpus: Iterable[str] = DEFAULT_CORPUS,
+    impl: str = "languagebind",
+    reduction: dict[str, Any] | str | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+):
+    """Builds and saves a tiny Video-LLaVA checkpoint (``llava_video_llama``); returns ``(model, tokenizer)``.
+
+    The video tower is ``tower_dir`` or a new :func:`save_tiny_languagebind` in ``out_dir/video_tower``.
+    """
+    from llava.model.configuration_llava_video import LlavaVideoConfig
+    from llava.model.language_model.llava_video import LlavaVideoForCausalLM
+    from llava.model.token_reduction import ReductionConfig
+    from llava.tokenizer_train import train_sentencepiece_tokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tower_dir is None:
+        tower_dir = save_tiny_languagebind(out_dir / "video_tower", seed=seed)
+    if tokenizer_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = train_sentencepiece_tokenizer(corpus, tmp)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    from llava.model.multimodal_encoder.languagebind_video import load_video_tower_config
+
+    tower_config = load_video_tower_config(tower_dir)
+    fields = llava_mm_fields(str(tower_dir), tower_config.hidden_size)
+    config = LlavaVideoConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        mm_hidden_size=fields["mm_hidden_size"],
+        mm_projector_type=fields["mm_projector_type"],
+        mm_video_tower=str(tower_dir),
+        mm_video_tower_impl=impl,
+        video_num_frames=tower_config.num_frames,
+        tokenizer_model_max_length=3072,
+        mm_token_reduction=ReductionConfig.from_value(reduction).to_dict(),
+    )
+    torch.manual_seed(seed)
+    model = LlavaVideoForCausalLM(config)
+    model.get_video_tower().load_model()
+    if Path(tower_dir).resolve().parent == out_dir.resolve():
+        model.config.mm_video_tower = Path(tower_dir).name  # relative: the checkpoint folder can move
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model.eval(), tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

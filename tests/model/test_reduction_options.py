@@ -37,6 +37,7 @@ def test_every_option_reaches_every_surface():
         "ratio",
         "num_neighbors",
         "iqr_scale",
+        "iqr_group",
         "grid",
         "llm_layer",
         "atp_layers",

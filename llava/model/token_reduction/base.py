@@ -48,17 +48,27 @@ class ReducedTokens:
     indices: torch.Tensor
 
 
-def outlier_count(attention: torch.Tensor, iqr_scale: float = 1.5) -> torch.Tensor:
+def outlier_count(attention: torch.Tensor, iqr_scale: float = 1.5, group: int = 1) -> torch.Tensor:
     """Number of IQR outliers per image: values strictly above ``Q3 + iqr_scale * (Q3 - Q1)``.
 
-    Quartiles use linear interpolation (numpy's default) and are computed per image.
+    Quartiles use linear interpolation (numpy's default) and are computed per image, or per group of
+    ``group`` consecutive rows (a video's frames): then the fence and the count are over the group's
+    pooled values, and each row of the group gets ``count // group``.
 
     Args:
-        attention: ``[B, N]`` class attention.
+        attention: ``[B, N]`` class attention; ``B`` a multiple of ``group``.
 
     Returns:
         ``[B]`` int64 counts.
     """
+    if group > 1:
+        batch, n = attention.shape
+        if batch % group:
+            raise ValueError(
+                f"{batch} rows cannot be pooled in groups of iqr_group={group} for the IQR fence."
+            )
+        pooled = outlier_count(attention.reshape(batch // group, group * n), iqr_scale)  # [B / G]
+        return (pooled // group).repeat_interleave(group)
     values = attention.double()
     probs = torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device)
     q1, q3 = torch.quantile(values, probs, dim=-1)  # [B] each

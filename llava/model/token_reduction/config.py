@@ -104,6 +104,10 @@ class ReductionConfig:
             at least 1); see :meth:`for_tokens`.
         num_neighbors: neighbours merged into each kept token (32 in the paper and the code).
         iqr_scale: the outlier fence is ``Q3 + iqr_scale * (Q3 - Q1)``.
+        iqr_group: consecutive rows that share one outlier fence (1: every image its own). The video
+            tower sets it to the frame count for ``iqr_scope="video"``: the fence is computed over the
+            pooled attention of a video's frames and each frame keeps ``outliers // iqr_group`` tokens,
+            what the authors' outlier function computes when a video's frames form its batch.
         grid: ``spatial`` only: rows and columns of the evenly spread grid, e.g. ``(5, 8)``.
         llm_layer: in-LLM methods: the language-model layer K after which visual tokens are dropped.
         atp_layers: ATP only: the decoder layers whose input is pruned (0-based, increasing, >= 1); the
@@ -144,6 +148,13 @@ class ReductionConfig:
     )
     iqr_scale: float = option(
         1.5, "reduction-iqr-scale", "outlier fence Q3 + s * (Q3 - Q1)", parse=float, metavar="S"
+    )
+    iqr_group: int = option(
+        1,
+        "reduction-iqr-group",
+        "rows (video frames) sharing one IQR fence; 1 = per image",
+        parse=int,
+        metavar="G",
     )
     grid: tuple[int, int] | None = option(
         None,
@@ -230,6 +241,8 @@ class ReductionConfig:
             raise ValueError(f"Token ratio must be in (0, 1], got {self.ratio}.")
         if self.ratio is not None and self.budget is not None:
             raise ValueError("Give a token budget or a ratio, not both.")
+        if self.iqr_group < 1:
+            raise ValueError(f"iqr_group must be >= 1 (rows sharing one IQR fence), got {self.iqr_group}.")
         if self.num_neighbors < 0:
             raise ValueError(f"num_neighbors must be >= 0, got {self.num_neighbors}.")
         if self.llm_layer < 0:
@@ -324,6 +337,8 @@ class ReductionConfig:
             parts.append(f"budget={self.budget}")
         if self.ratio is not None:
             parts.append(f"ratio={self.ratio:g}")
+        if self.iqr_group != 1:
+            parts.append(f"iqr_group={self.iqr_group}")
         if self.grid is not None:
             parts.append(f"grid={self.grid[0]}x{self.grid[1]}")
         if "atp_layers" in get_reducer(self.method).options:

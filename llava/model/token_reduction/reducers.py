@@ -52,7 +52,7 @@ def _num_attentive(attention: torch.Tensor, config: ReductionConfig, reserve: in
     if config.budget is not None:
         kept = min(max(config.budget - reserve, 0), n)
         return torch.full((batch,), kept, dtype=torch.long, device=attention.device)
-    count = outlier_count(attention, config.iqr_scale)
+    count = outlier_count(attention, config.iqr_scale, config.iqr_group)
     if config.variant == "paper":
         count = count.clamp(min=1)  # the paper variant has no extra token: never return nothing
     return count
@@ -201,7 +201,7 @@ def _combine(inputs: ReducerInputs, config: ReductionConfig, is_centre, ref_key,
 # Registered reducers
 # ----------------------------------------------------------------------------------------------
 
-PRUMERGE_OPTIONS = ("budget", "ratio", "num_neighbors", "iqr_scale")
+PRUMERGE_OPTIONS = ("budget", "ratio", "num_neighbors", "iqr_scale", "iqr_group")
 
 
 def _check_none(config: ReductionConfig) -> None:
@@ -260,7 +260,7 @@ def reduce_prumerge_plus(inputs: ReducerInputs, config: ReductionConfig) -> Redu
     "aits",
     needs_attention=True,
     description="PruMerge's kept tokens, no merge, no extra token",
-    options=("budget", "ratio", "iqr_scale"),
+    options=("budget", "ratio", "iqr_scale", "iqr_group"),
 )
 def reduce_aits(inputs: ReducerInputs, config: ReductionConfig) -> ReducedTokens:
     attention, _ = require_attention(inputs, "aits")
