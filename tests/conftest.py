@@ -49,6 +49,19 @@ def tiny_llava(tiny_llava_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_3_layers_dir(tiny_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_llava_dir` with a 3-layer Llama (same tower and tokenizer): room for two in-LLM pruning
+    stages (ATP at layers 1 and 2)."""
+    from llava.tiny import build_tiny_llava
+
+    out_dir = tmp_path_factory.mktemp("tiny_llava_3_layers")
+    build_tiny_llava(
+        out_dir, clip_dir=tiny_llava_dir / "vision_tower", tokenizer_dir=tiny_llava_dir, num_layers=3
+    )
+    return out_dir
+
+
+@pytest.fixture(scope="session")
 def train_workspace(tmp_path_factory, tiny_tokenizer_dir):
     """A base LLM, a tiny CLIP tower and a small dataset of coloured-square questions (+ one text-only)."""
     from llava.tiny import save_tiny_train_workspace
@@ -80,6 +93,30 @@ def shapes_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     draw.rectangle((70, 80, 95, 115), fill=(0, 200, 0))
     path = tmp_path_factory.mktemp("shapes") / "shapes.png"
     img.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_video_prumerge_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A tiny Video-LLaVA checkpoint (LanguageBind tower at 56 px: 4 x 4 patches, 8 frames) recording
+    PruMerge, shared by the video front-end tests."""
+    from llava.tiny import build_tiny_video_llava
+
+    out = tmp_path_factory.mktemp("tiny_video_prumerge")
+    build_tiny_video_llava(out, tokenizer_dir=tiny_tokenizer_dir, reduction="prumerge")
+    return out
+
+
+@pytest.fixture(scope="session")
+def frames_npy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-frame synthetic video as a ``.npy`` array ``[12, 70, 90, 3]`` (uint8): a square moving on noise."""
+    import numpy as np
+
+    frames = np.random.default_rng(0).integers(0, 120, (12, 70, 90, 3), dtype=np.uint8)
+    for t in range(12):
+        frames[t, 20:45, 5 + 6 * t : 30 + 6 * t] = (250, 60, 40)
+    path = tmp_path_factory.mktemp("video") / "clip.npy"
+    np.save(path, frames)
     return path
 
 

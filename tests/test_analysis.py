@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from llava.analysis import DEVICES, LLM_PRESETS, estimate, parse_device
+from llava.analysis import (
+    DEVICES,
+    LLM_PRESETS,
+    estimate,
+    format_schedule,
+    mean_tokens,
+    parse_device,
+    parse_schedule,
+    video_tokens,
+)
 from llava.analysis.__main__ import main
 
 # PruMerge (arXiv 2403.15388) Table 2, V100: (TFLOPs, prefill ms, "total memory" GB, activation GB).
@@ -129,3 +138,69 @@ def test_decode_is_memory_bound_at_batch_1() -> None:
     est = estimate(LLM_PRESETS["vicuna-13b"], DEVICES["a100"], "fp16", 576, 40)
     assert est.decode_memory_ms > 10 * est.decode_compute_ms
     assert est.decode_ms_per_token == pytest.approx(est.decode_memory_ms, rel=0.01)
+
+
+# --- per-layer schedules (FastV, ATP-LLaVA) and the video shape ----------------------------------------
+
+
+def test_schedule_compact_form_round_trips_and_bad_forms_raise() -> None:
+    counts = parse_schedule("576x4,106x10,81x10,19x8")
+    assert len(counts) == 32 and counts[3:5] == [576, 106] and counts[-1] == 19
+    assert mean_tokens(counts) == pytest.approx((4 * 576 + 10 * 106 + 10 * 81 + 8 * 19) / 32)
+    assert format_schedule(counts) == "576x4,106x10,81x10,19x8"
+    assert parse_schedule("576, 288x2") == [576, 288, 288] and format_schedule([576, 288, 288]) == "576,288x2"
+    for bad in ("576x", "x4", "576x0", "-1x2", "a,b"):
+        with pytest.raises(ValueError, match="schedule"):
+            parse_schedule(bad)
+
+
+@pytest.mark.parametrize("device", ["v100", "h100"])
+def test_constant_schedule_equals_that_token_count(device: str) -> None:
+    llm = LLM_PRESETS["vicuna-7b"]
+    for n in (576, 144):
+        flat = estimate(llm, DEVICES[device], "fp16", n, 40, batch=4).as_dict()
+        scheduled = estimate(llm, DEVICES[device], "fp16", 0, 40, batch=4, schedule=[n] * 32).as_dict()
+        assert scheduled.pop("schedule") == f"{n}x32" and flat.pop("schedule") is None
+        assert scheduled == flat
+    with pytest.raises(ValueError, match="32 layers"):
+        estimate(llm, DEVICES[device], "fp16", schedule=[576] * 31)
+
+
+def test_fastv_and_atp_schedules_cost_between_their_extremes(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--device", "h100", "--json", "--reduction", "none", "--fastv", "2:0.5"]
+    assert (
+        main([*args, "--schedule", "all=576x32", "atp=576x4,106x10,81x10,19x8", "--visual-tokens", "576"])
+        == 0
+    )
+    rows = {r["reduction"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    none, fastv, atp = rows["tokens=576"], rows["fastv K=2 R=0.5"], rows["atp"]
+    for key in ("flops_tera", "prefill_ms", "kv_cache_gb", "memory_traffic_gb", "decode_ms_per_token"):
+        assert rows["all"][key] == pytest.approx(none[key], rel=1e-12)  # all 576 = no reduction
+        assert atp[key] < fastv[key] < none[key], key
+    assert fastv["visual_tokens"] == 576 and fastv["schedule"] == "576x3,288x29"  # layers 0..K = 0..2
+    assert fastv["mean_visual_tokens"] == (3 * 576 + 29 * 288) / 32
+    # each layer is costed on its own tokens: more than at N̄ (attention is quadratic), less than at 576
+    at_mean = estimate(
+        LLM_PRESETS["vicuna-7b"], DEVICES["h100"], "fp16", round(atp["mean_visual_tokens"]), 40
+    )
+    assert at_mean.flops_tera < atp["flops_tera"] < 1.02 * at_mean.flops_tera
+    ratio = (atp["mean_visual_tokens"] + 40) / (576 + 40)  # the KV cache is linear in each layer's tokens
+    assert atp["kv_cache_gb"] == pytest.approx(none["kv_cache_gb"] * ratio, rel=1e-9)
+    assert (
+        main(["--schedule", "576x31"]) == 2
+        and main(["--fastv", "40:0.5"]) == 2
+        and main(["--fastv", "2"]) == 2
+    )
+
+
+def test_video_shape_presets_and_tower(capsys: pytest.CaptureFixture[str]) -> None:
+    assert video_tokens(8, 257) == {"none": 2056, "prumerge": 272, "prumerge_plus": 528}
+    assert main(["--frames", "8", "--tokens-per-frame", "257", "--json", "--fastv", "2:0.5"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["visual_tokens"] for r in rows] == [2056, 272, 528, 2056]
+    assert rows[3]["schedule"] == "2056x3,1028x29"
+    clip_8_frames = rows[0]["clip_flops_tera"]
+    assert clip_8_frames == pytest.approx(
+        8 * estimate(LLM_PRESETS["vicuna-7b"], DEVICES["v100"], clip_tokens=257).clip_flops_tera
+    )
+    assert rows[0]["flops_tera"] > 3 * estimate(LLM_PRESETS["vicuna-7b"], DEVICES["v100"]).flops_tera

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from llava.analysis.cost import CONVENTIONS, run_stack, tera
+from llava.analysis.cost import CONVENTIONS, run_layers, run_stack, tera
 from llava.analysis.roofline import (
     CLIP_TOKENS,
     CLIP_VIT_L_336,
@@ -22,6 +23,14 @@ from llava.analysis.roofline import (
     resolve_llm,
     spec_from_config,
 )
+from llava.analysis.schedule import (
+    fastv_schedule,
+    format_schedule,
+    mean_tokens,
+    parse_fastv,
+    parse_schedule,
+    video_tokens,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -33,7 +42,13 @@ __all__ = [
     "Estimate",
     "TransformerSpec",
     "estimate",
+    "fastv_schedule",
+    "format_schedule",
+    "mean_tokens",
     "parse_device",
+    "parse_fastv",
+    "parse_schedule",
+    "video_tokens",
     "resolve_llm",
     "spec_from_config",
 ]
@@ -41,13 +56,20 @@ __all__ = [
 
 @dataclass
 class Estimate:
-    """Roofline figures of one configuration (LLM only unless a name says ``clip``)."""
+    """Roofline figures of one configuration (LLM only unless a name says ``clip``).
+
+    ``visual_tokens`` are those spliced into the prompt (the first layer's); ``mean_visual_tokens`` is N̄,
+    their mean over the layers (equal to ``visual_tokens`` without a ``schedule``); ``schedule`` is the
+    per-layer counts in compact form (``576x4,106x10,81x10,19x8``), or None when every layer runs on all.
+    """
 
     llm: str
     device: str
     precision: str
     reduction: str
     visual_tokens: int
+    mean_visual_tokens: float
+    schedule: str | None
     text_tokens: int
     batch: int
     convention: str
@@ -81,22 +103,35 @@ def estimate(
     batch: int = 1,
     reduction: str = "custom",
     convention: str = "exact",
+    schedule: Sequence[int] | None = None,
+    clip_images: int = 1,
+    clip_tokens: int = CLIP_TOKENS,
 ) -> Estimate:
     """Prefill (all prompt tokens) and one decode step (at the prompt's context length).
 
     ``convention`` is ``exact`` or ``llm-viewer`` (see :data:`llava.analysis.cost.CONVENTIONS`).
+    ``schedule``: the visual tokens of each decoder layer (in-LLM pruning); each layer is costed on its own
+    prompt (its visual tokens + the text) and caches that many keys and values; ``visual_tokens`` is then
+    ``schedule[0]``. ``clip_images`` x ``clip_tokens``: the tower's input per sample (a video's frames).
+
+    Raises:
+        ValueError: ``schedule`` does not have one count per layer of ``llm``.
     """
     bits = PRECISIONS[precision]
-    seq = visual_tokens + text_tokens
-    pre = run_stack(llm, batch, seq, seq, bits, device, convention)
-    dec = run_stack(llm, batch, 1, seq + 1, bits, device, convention)
-    clip = run_stack(CLIP_VIT_L_336, batch, CLIP_TOKENS, CLIP_TOKENS, (16, 16, 16), device)
+    counts = [visual_tokens] * llm.layers if schedule is None else list(schedule)
+    pre = run_layers(
+        llm, batch, [(n + text_tokens, n + text_tokens) for n in counts], bits, device, convention
+    )
+    dec = run_layers(llm, batch, [(1, n + text_tokens + 1) for n in counts], bits, device, convention)
+    clip = run_stack(CLIP_VIT_L_336, batch * clip_images, clip_tokens, clip_tokens, (16, 16, 16), device)
     return Estimate(
         llm=llm.name,
         device=device.name,
         precision=precision,
         reduction=reduction,
-        visual_tokens=visual_tokens,
+        visual_tokens=counts[0],
+        mean_visual_tokens=mean_tokens(counts),
+        schedule=None if schedule is None else format_schedule(counts),
         text_tokens=text_tokens,
         batch=batch,
         convention=convention,

@@ -1,4 +1,5 @@
-"""``python -m llava.analysis``: roofline estimate of LLaVA-1.5 prefill/decode with PruMerge."""
+"""``python -m llava.analysis``: roofline estimate of LLaVA-1.5 prefill/decode with PruMerge, per-layer
+schedules of in-LLM pruning (FastV, ATP-LLaVA) and Video-LLaVA's 8-frame input."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 import sys
 
 from llava.analysis import CONVENTIONS, PRECISIONS, REDUCTION_TOKENS, estimate, parse_device, resolve_llm
-from llava.analysis.roofline import DEVICES, LLM_PRESETS
+from llava.analysis.roofline import CLIP_TOKENS, DEVICES, LLM_PRESETS
+from llava.analysis.schedule import fastv_schedule, parse_fastv, parse_schedule, video_tokens
 
 COLUMNS = (
     ("reduction", "{}"),
     ("visual_tokens", "{}"),
+    ("mean_visual_tokens", "{:.1f}"),
     ("flops_tera", "{:.2f}"),
     ("prefill_ms", "{:.1f}"),
     ("memory_traffic_gb", "{:.2f}"),
@@ -49,10 +52,42 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["none", "prumerge", "prumerge_plus"],
         choices=sorted(REDUCTION_TOKENS),
-        help="token-reduction presets (none=576, prumerge=32, prumerge_plus=144 visual tokens)",
+        help="token-reduction presets (none=576, prumerge=32, prumerge_plus=144 visual tokens; with --frames: "
+        "per frame, see --frames)",
     )
     p.add_argument(
         "--visual-tokens", type=int, nargs="+", help="explicit visual-token counts (override --reduction)"
+    )
+    p.add_argument(
+        "--schedule",
+        nargs="+",
+        default=[],
+        metavar="[NAME=]SCHEDULE",
+        help="in-LLM pruning (ATP, FastV): the visual tokens of each decoder layer, as COUNTxLAYERS runs, e.g. "
+        "atp-144=576x4,106x10,81x10,19x8; one count per layer of --llm. Each layer is costed on its own tokens; "
+        "rows are added to the presets",
+    )
+    p.add_argument(
+        "--fastv",
+        nargs="+",
+        default=[],
+        metavar="K:R",
+        help="FastV as run here (--reduction-llm-layer K --reduction-ratio R): layers 0..K on every visual "
+        "token, the later ones on the share R of them, e.g. 2:0.5; rows are added to the presets",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="a video of this many frames (Video-LLaVA: 8): the presets become none = frames x "
+        "--tokens-per-frame, prumerge / prumerge_plus = the fixed 1/8 forms per frame (CLS kept: 272 and "
+        "<= 528 for 8 x 257), and the tower cost is for every frame",
+    )
+    p.add_argument(
+        "--tokens-per-frame",
+        type=int,
+        default=257,
+        help="tokens per frame with --frames, CLS included (default 257: 16 x 16 patches + CLS)",
     )
     p.add_argument("--text-tokens", type=int, default=40, help="text tokens in the prompt (default 40)")
     p.add_argument("--batch", type=int, default=1, help="batch size")
@@ -67,11 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configs(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """(label, visual tokens) pairs to evaluate."""
+def _configs(args: argparse.Namespace, layers: int) -> list[tuple[str, int, list[int] | None]]:
+    """(label, visual tokens, per-layer schedule or None) of every row to evaluate.
+
+    Raises:
+        ValueError: a schedule or ``--fastv`` value that does not fit the LLM, or a bad video shape.
+    """
+    presets = REDUCTION_TOKENS if args.frames is None else video_tokens(args.frames, args.tokens_per_frame)
     if args.visual_tokens:
-        return [(f"tokens={n}", n) for n in args.visual_tokens]
-    return [(name, REDUCTION_TOKENS[name]) for name in args.reduction]
+        rows = [(f"tokens={n}", n, None) for n in args.visual_tokens]
+    else:
+        rows = [(name, presets[name], None) for name in args.reduction]
+    for item in args.schedule:
+        name, _, text = item.rpartition("=")
+        counts = parse_schedule(text)
+        if len(counts) != layers:
+            raise ValueError(f"--schedule {item!r} has {len(counts)} layers; the LLM has {layers}")
+        rows.append((name or "schedule", counts[0], counts))
+    for item in args.fastv:
+        k, ratio = parse_fastv(item)
+        counts = fastv_schedule(presets["none"], layers, k, ratio)
+        rows.append((f"fastv K={k} R={ratio:g}", counts[0], counts))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         llm = resolve_llm(args.llm)
         device = parse_device(args.device_spec or args.device)
+        configs = _configs(args, llm.layers)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    tower = (1, CLIP_TOKENS) if args.frames is None else (args.frames, args.tokens_per_frame)
     rows = [
-        estimate(llm, device, args.precision, n, args.text_tokens, args.batch, label, args.convention)
-        for label, n in _configs(args)
+        estimate(
+            llm,
+            device,
+            args.precision,
+            n,
+            args.text_tokens,
+            args.batch,
+            label,
+            args.convention,
+            schedule,
+            *tower,
+        )
+        for label, n, schedule in configs
     ]
     if args.json:
         for row in rows:
@@ -94,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {llm.name} on {device.name}, {args.precision}, {args.text_tokens} text tokens, batch {args.batch}"
     )
+    shape = "" if args.frames is None else f", {args.frames} frames x {args.tokens_per_frame} tokens"
     print(
-        f"# CLIP ViT-L/14-336 tower (fp16, not included below): {rows[0].clip_flops_tera:.3f} TFLOPs, {rows[0].clip_ms:.2f} ms"
+        f"# CLIP ViT-L/14 tower{shape} (fp16, not included below): {rows[0].clip_flops_tera:.3f} TFLOPs, "
+        f"{rows[0].clip_ms:.2f} ms"
     )
     print("\t".join(name for name, _ in COLUMNS))
     for row in rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llava.analysis.roofline import GIGA, TERA, Device, TransformerSpec
@@ -165,11 +167,31 @@ def run_stack(
     device: Device,
     convention: str = "exact",
 ) -> Totals:
-    """Roofline totals of the whole stack for one forward step."""
+    """Roofline totals of the whole stack for one forward step, every layer on the same tokens."""
+    return run_layers(spec, batch, [(q_len, ctx)] * spec.layers, bits, device, convention)
+
+
+def run_layers(
+    spec: TransformerSpec,
+    batch: int,
+    shapes: Sequence[tuple[int, int]],
+    bits: tuple[int, int, int],
+    device: Device,
+    convention: str = "exact",
+) -> Totals:
+    """Roofline totals of one forward step where layer ``i`` runs ``shapes[i] = (q_len, ctx)``: its own new
+    tokens and attended context (in-LLM pruning gives each layer its own token count and KV cache).
+
+    Raises:
+        ValueError: ``shapes`` does not have one entry per layer of ``spec``.
+    """
+    if len(shapes) != spec.layers:
+        raise ValueError(f"{spec.name} has {spec.layers} layers; got token counts for {len(shapes)}.")
     peak, bandwidth = device.peak(bits[0], bits[1]), device.bandwidth_gbps * GIGA
     totals = Totals()
-    for op in layer_ops(spec, batch, q_len, ctx, bits, convention):
-        totals.add(op, spec.layers, peak, bandwidth)
+    for (q_len, ctx), repeat in Counter(shapes).items():  # equal layers are costed once
+        for op in layer_ops(spec, batch, q_len, ctx, bits, convention):
+            totals.add(op, repeat, peak, bandwidth)
     if spec.vocab:
         totals.add(head_op(spec, batch, bits), 1, peak, bandwidth)
     return totals

@@ -62,6 +62,9 @@ class LlavaConfig(LlamaConfig):
     #: The token reduction: a ``ReductionConfig.to_dict()`` (a method name becomes ``{"method": name}``).
     #: None: no reduction.
     mm_token_reduction: dict[str, Any] | str | None = None
+    #: The insertion layers of the ATP modules this checkpoint holds (``model.atp_modules``: trained with
+    #: ``--token_reduction atp``); None: it holds none.
+    mm_atp_layers: list[int] | None = None
     #: The tower's own config, to build it without reading ``mm_vision_tower`` (random weights until
     #: ``load_model``; benchmarks use it). Not written to ``config.json`` when None.
     vision_config: CLIPVisionConfig | dict | None = None

@@ -135,10 +135,15 @@ def _warn_unrecorded_reduction(folder: Path, model_path: str, reduction: Reducti
     )
 
 
-def _check_base(base: Path, config: LlavaConfig) -> None:
-    """Fails clearly when the base is not the plain LLM the LoRA/projector was trained on."""
+def _check_base(base: Path, config: LlavaConfig, trained_on: str | None = None) -> None:
+    """Fails clearly when the base is not the model the LoRA/projector was trained on.
+
+    That is a plain LLM, or a LLaVA checkpoint when the adapter records it as its base (``trained_on``:
+    a LoRA trained on a finished LLaVA model, as ``scripts/v1_5/finetune_lora_atp.sh`` does).
+    """
     data = json.loads((base / "config.json").read_text()) if (base / "config.json").is_file() else {}
-    if data.get("mm_vision_tower") or "text_config" in data:
+    on_this_llava = trained_on is not None and _model_name(trained_on) == _model_name(str(base))
+    if (data.get("mm_vision_tower") or "text_config" in data) and not on_this_llava:
         raise ValueError(
             f"--model-base {base} is a LLaVA checkpoint; the base must be the language model the LoRA or projector "
             "was trained on (e.g. lmsys/vicuna-7b-v1.5 for the 7B PruMerge LoRA)."
@@ -239,6 +244,12 @@ def _adapter_config(folder: Path, base: Path, model_base: str | None):
     return adapter
 
 
+def _adapter_base(folder: Path) -> str | None:
+    """The base model an adapter's ``adapter_config.json`` records (None when it records none)."""
+    path = folder / "adapter_config.json"
+    return json.loads(path.read_text()).get("base_model_name_or_path") if path.is_file() else None
+
+
 def _model_name(path_or_id: str) -> str:
     """The last component of a Hub id or folder (``lmsys/vicuna-7b-v1.5`` and ``/data/vicuna-7b-v1.5`` agree)."""
     return Path(path_or_id.rstrip("/")).name.lower()
@@ -333,7 +344,7 @@ def _load_weights(
             f"{folder} is {what}: pass --model-base with the base LLM it was trained on, "
             "e.g. --model-base lmsys/vicuna-7b-v1.5."
         )
-    _check_base(base, config)
+    _check_base(base, config, _adapter_base(folder) if kind == "lora" else None)
     if kind == "lora":
         return _load_lora(folder, base, config, model_base, **kwargs)
     model = _from_pretrained(base, config, projector_follows=True, **kwargs)

@@ -86,6 +86,19 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_weight_path: str = field(default="")
     lora_bias: str = field(default="none")
     mm_projector_lr: float | None = field(default=None)
+    atp_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "ATP: the learning rate of the ATP modules (None: the global one); no weight decay"
+        },
+    )
+    atp_budget_weight: float = field(
+        default=0.1,
+        metadata={"help": "ATP: λ_atp, the weight of L_ATP (kept tokens, deeper layers cost more)"},
+    )
+    atp_target_weight: float = field(
+        default=1.0, metadata={"help": "ATP: λ_target, the weight of L_target = |N̄ - target| / N_0"}
+    )
     group_by_modality_length: bool = field(default=False)
     warmup_ratio: float | None = field(
         default=None,

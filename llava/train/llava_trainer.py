@@ -116,6 +116,7 @@ class LLaVATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.llava_config = llava_config  # the LlavaConfig written beside every checkpoint
         self.num_truncated = 0
+        self.atp_log = ATPLog()
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -129,22 +130,25 @@ class LLaVATrainer(Trainer):
         )
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """AdamW with {decay, no decay} x {language model, projector}; the projector at ``mm_projector_lr``."""
-        if self.optimizer is not None or self.args.mm_projector_lr is None:
+        """AdamW with parameter groups: {decay, no decay} x {language model, projector}, the projector at
+        ``mm_projector_lr``; ATP's modules apart at ``atp_lr``, without weight decay."""
+        if self.optimizer is not None or (self.args.mm_projector_lr is None and self.args.atp_lr is None):
             return super().create_optimizer(model)
         model = model if model is not None else self.model
         decay = set(self.get_decay_parameter_names(model))
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        groups: dict[tuple[bool, str], list[torch.nn.Parameter]] = {}
         for name, param in model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((name in decay, "mm_projector" in name), []).append(param)
+                part = "atp" if "atp_modules" in name else "projector" if "mm_projector" in name else "llm"
+                groups.setdefault((name in decay and part != "atp", part), []).append(param)
+        rates = {"projector": self.args.mm_projector_lr, "atp": self.args.atp_lr}
         param_groups = [
             {
                 "params": params,
                 "weight_decay": self.args.weight_decay if has_decay else 0.0,
-                **({"lr": self.args.mm_projector_lr} if projector else {}),
+                **({"lr": rates[part]} if rates.get(part) is not None else {}),
             }
-            for (has_decay, projector), params in groups.items()
+            for (has_decay, part), params in groups.items()
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
@@ -177,7 +181,39 @@ class LLaVATrainer(Trainer):
         truncated = getattr(outputs, "truncated", None)
         if truncated is not None:
             self.num_truncated += int(truncated.sum())
+        if getattr(outputs, "atp_budget_loss", None) is not None:
+            loss = self._add_atp_loss(loss, outputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _add_atp_loss(self, loss: torch.Tensor, outputs, num_items_in_batch) -> torch.Tensor:
+        """``loss + λ_atp L_ATP + λ_target L_target``, scaled as the Trainer scales the language-model loss.
+
+        The ATP terms are per-batch means. When the language-model loss is already normalised over the
+        accumulated batch (``num_items_in_batch``), the Trainer no longer divides by the accumulation
+        steps, so the ATP terms are divided here; they are added after the Trainer's scaling by the number
+        of processes, so that the gradient average over processes leaves them a mean.
+        """
+        atp = (
+            self.args.atp_budget_weight * outputs.atp_budget_loss
+            + self.args.atp_target_weight * outputs.atp_target_loss
+        )
+        scaled_for_ga = self.loss_is_scaled_for_ga
+        if scaled_for_ga is None:
+            scaled_for_ga = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        steps = self.current_gradient_accumulation_steps if scaled_for_ga else 1
+        if self.model.training:
+            self.atp_log.add(outputs.loss, atp, outputs.atp_kept_tokens, outputs.atp_mean_tokens)
+        return loss + atp.to(loss.dtype) / steps
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's logs; training logs also get ATP's means since the last log (LM loss, ATP loss,
+        kept tokens after each module, N̄), averaged over the processes."""
+        if "loss" in logs and self.atp_log.count:
+            layers = getattr(self.llava_config, "mm_atp_layers", None)
+            logs = {**logs, **self.atp_log.pop(self.accelerator, layers)}
+        super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(
@@ -200,6 +236,36 @@ class LLaVATrainer(Trainer):
             missing, unexpected = (model or self.model).load_state_dict(state, strict=False)
             if unexpected:
                 raise ValueError(f"{extras} holds weights this model does not have: {unexpected[:4]}")
+
+
+class ATPLog:
+    """Sums of ATP's training figures between two logs (one entry per micro-batch)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: torch.Tensor | None = None
+
+    def add(self, lm_loss, atp_loss, kept: torch.Tensor, mean_tokens: torch.Tensor) -> None:
+        values = torch.cat([torch.stack([lm_loss.detach().float(), atp_loss.detach().float()]), kept.float()])
+        values = torch.cat([values, mean_tokens.detach().float().reshape(1)])
+        self.sums = values if self.sums is None else self.sums + values
+        self.count += 1
+
+    def pop(self, accelerator, layers: list[int] | None = None) -> dict[str, float]:
+        """The means since the last call, over this process's micro-batches and then over processes.
+
+        ``atp_kept_layer<l>``: the soft count of visual tokens from insertion layer ``l`` on.
+        """
+        means = accelerator.reduce(self.sums / self.count, reduction="mean")
+        self.count, self.sums = 0, None
+        values = [round(float(v), 4) for v in means]
+        logs = {"lm_loss": values[0], "atp_loss": values[1], "atp_mean_tokens": values[-1]}
+        kept = values[2:-1]
+        names = (
+            [f"layer{layer}" for layer in layers] if layers and len(layers) == len(kept) else range(len(kept))
+        )
+        logs.update({f"atp_kept_{name}": v for name, v in zip(names, kept)})
+        return logs
 
 
 def _projector_only(name: str) -> bool:

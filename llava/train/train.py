@@ -56,8 +56,10 @@ def llava_config(
     """The base model's config with the ``mm_*`` fields of this run (a LLaVA checkpoint keeps its tower)."""
     from transformers import AutoConfig, CLIPVisionConfig
 
-    base = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
-    values = base.to_dict()
+    path, cache_dir = model_args.model_name_or_path, training_args.cache_dir
+    values, _ = LlavaConfig.get_config_dict(path, cache_dir=cache_dir)  # upstream's 2023 "llava" read as ours
+    if values.get("model_type") != LlavaConfig.model_type:  # a base LLM
+        values = AutoConfig.from_pretrained(path, cache_dir=cache_dir).to_dict()
     for key in ("model_type", "architectures", "transformers_version", "text_config", "vision_config"):
         values.pop(key, None)
     config = LlavaConfig.from_dict(values)
@@ -79,6 +81,10 @@ def llava_config(
     config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_token_reduction = model_args.reduction.to_dict()
+    # the ATP modules this run trains (a checkpoint's own, for the same layers, load as they are); a run
+    # without ATP drops a checkpoint's modules rather than carrying unused weights
+    atp = model_args.reduction.method == "atp"
+    config.mm_atp_layers = list(model_args.reduction.atp_layers) if atp else None
     config.use_cache = False
     return config
 
@@ -129,17 +135,44 @@ def build_model(
         model.enable_input_require_grads()
     if training_args.lora_enable:
         model = add_lora(model, training_args)
-    projector = (
-        model.get_model().mm_projector
-        if not training_args.lora_enable
-        else model.base_model.model.get_model().mm_projector
-    )
+    projector = projector_owner(model, training_args).mm_projector
     projector.requires_grad_(not training_args.freeze_mm_mlp_adapter)
+    atp_modules = getattr(projector_owner(model, training_args), "atp_modules", None)
+    if atp_modules is not None:
+        atp_modules.requires_grad_(True)  # ATP's threshold predictors train in every kind of run
     if not training_args.deepspeed:
         store_frozen_in_half(
             model, compute_dtype(training_args), with_llm=saves_no_llm(model_args, training_args)
         )
     return model
+
+
+def projector_owner(model, training_args: TrainingArguments):
+    """The ``LlavaLlamaModel`` holding the projector (and ATP's modules), under the PEFT wrapper for LoRA."""
+    return model.base_model.model.get_model() if training_args.lora_enable else model.get_model()
+
+
+def check_atp_training(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """ATP trains its thresholds toward a budget, through soft masks the attention must take as a bias."""
+    reduction = model_args.reduction
+    if reduction.method != "atp":
+        return
+    if reduction.atp_target_tokens is None:
+        raise ValueError(
+            "--token_reduction atp trains toward a budget of visual tokens: give --reduction_atp_target_tokens "
+            "(144 or 88 in the paper)."
+        )
+    if reduction.atp_redundancy_threshold is not None or reduction.atp_spatial_threshold is not None:
+        raise ValueError(
+            "Fixed ATP thresholds (--reduction_atp_redundancy_threshold / --reduction_atp_spatial_threshold) "
+            "are for inference without trained modules; training learns the thresholds: drop them."
+        )
+    kwargs = training_args.gradient_checkpointing_kwargs or {}
+    if training_args.gradient_checkpointing and kwargs.get("use_reentrant"):
+        raise ValueError(
+            "ATP's soft masks reach the decoder layers as an attention bias, which reentrant activation "
+            "checkpointing does not differentiate: drop use_reentrant from --gradient_checkpointing_kwargs."
+        )
 
 
 def saves_no_llm(model_args: ModelArguments, training_args: TrainingArguments) -> bool:
@@ -201,6 +234,7 @@ def setup(argv: list[str] | None = None, attn_implementation: str | None = None)
     )
     model_args, data_args, training_args, reduction_args = parser.parse_args_into_dataclasses(args=argv)
     model_args.reduction = reduction_args.to_config()
+    check_atp_training(model_args, training_args)
     if training_args.bits != 16:
         raise ValueError("--bits 4/8 (QLoRA) is not supported; train LoRA in bf16 (--bits 16).")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)

@@ -2,13 +2,14 @@
 # LLaVA-1.5 stage 2, full finetuning (LLM + projector) on llava_v1_5_mix665k, starting from the stage-1
 # projector. Published recipe: global batch 128, lr 2e-5, 1 epoch, ZeRO-3; upstream reports ~10 h (7B,
 # 8x A100-40G) / ~20 h (13B, 8x A100-80G) (not measured here). TOKEN_REDUCTION=prumerge trains with a reducer.
-# Paths are environment variables; extra flags are appended (e.g. --max_steps 2).
+# Paths are environment variables; extra flags are appended (e.g. --max_steps 2). PRETRAIN_MM_MLP_ADAPTER=
+# (empty) starts from a LLaVA checkpoint's own projector (MODEL_BASE a LLaVA checkpoint, as finetune_atp.sh).
 set -euo pipefail
 MODEL_BASE=${MODEL_BASE:-lmsys/vicuna-7b-v1.5}
 VISION_TOWER=${VISION_TOWER:-openai/clip-vit-large-patch14-336}
 DATA_PATH=${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}
 IMAGE_FOLDER=${IMAGE_FOLDER:-./playground/data}
-PRETRAIN_MM_MLP_ADAPTER=${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-7b-pretrain/mm_projector.bin}
+PRETRAIN_MM_MLP_ADAPTER=${PRETRAIN_MM_MLP_ADAPTER-./checkpoints/llava-v1.5-7b-pretrain/mm_projector.bin}
 OUTPUT_DIR=${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b}
 TOKEN_REDUCTION=${TOKEN_REDUCTION:-none}
 REDUCTION_VARIANT=${REDUCTION_VARIANT:-reference}
@@ -16,6 +17,9 @@ GLOBAL_BATCH=128
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16}
 LEARNING_RATE=${LEARNING_RATE:-2e-5}
 EXTRA_FLAGS=(${EXTRA_FLAGS:-})
+if [ -n "$PRETRAIN_MM_MLP_ADAPTER" ]; then
+    EXTRA_FLAGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/_train_common.sh"
 
 launch llava/train/train_mem.py \
@@ -26,7 +30,6 @@ launch llava/train/train_mem.py \
     --data_path "$DATA_PATH" \
     --image_folder "$IMAGE_FOLDER" \
     --vision_tower "$VISION_TOWER" \
-    --pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER" \
     --mm_projector_type mlp2x_gelu \
     --mm_vision_select_layer -2 \
     --mm_use_im_start_end False \

@@ -171,7 +171,7 @@ def test_threshold_predictor_input_layout_and_start():
     torch.testing.assert_close(u, expected)
     torch.manual_seed(0)
     predictor = ThresholdPredictor(num_tokens=576)
-    assert predictor.hidden.in_features == 1152 and predictor.hidden.out_features == 256
+    assert predictor.hidden_weight.shape == (256, 1152) and predictor.head_weight.shape == (2, 256)
     theta_r, theta_s = predictor(torch.rand(2, 1152))
     assert theta_r.shape == theta_s.shape == (2,) and theta_r.dtype == torch.float32
     start = torch.sigmoid(torch.tensor(-4.0))
@@ -341,7 +341,6 @@ def test_average_visual_tokens_of_a_run(with_reduction):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({}, "trained ATP modules are not in this checkpoint"),
         ({"atp_redundancy_threshold": 0.5}, "Give both fixed ATP thresholds"),
         (
             {"atp_redundancy_threshold": 0.5, "atp_spatial_threshold": 0.9, "atp_layers": (14, 4)},
@@ -367,6 +366,15 @@ def test_average_visual_tokens_of_a_run(with_reduction):
 def test_bad_options_raise(options, message):
     with pytest.raises(ValueError, match=message):
         ReductionConfig("atp", **options)
+
+
+def test_atp_without_thresholds_needs_trained_modules(with_reduction):
+    tokenizer, model = with_reduction("none")
+    with pytest.raises(
+        ValueError, match="predicts its thresholds with trained ATP modules, and this checkpoint"
+    ):
+        model.set_token_reduction({"method": "atp", "atp_layers": (1, 2, 3)})
+    assert model.token_reduction.method == "none"  # nothing switched
 
 
 def test_fastv_and_atp_cannot_both_be_chosen():
@@ -412,4 +420,151 @@ def test_atp_options_round_trip_through_config_json_and_flags():
     )
     assert args.reduction_atp_layers == "2,6" and args.to_config() == changed
     assert ReductionArguments().reduction_atp_layers == "4,14,24"
+    (alias,) = transformers.HfArgumentParser((ReductionArguments,)).parse_args_into_dataclasses(
+        args=["--token_reduction", "atp", "--atp_target_tokens", "144", "--atp_layers", "2,6"]
+    )  # the training flags also answer to ATP's own option names
+    assert alias.to_config().atp_target_tokens == 144 and alias.to_config().atp_layers == (2, 6)
     assert reduction_changes({"reduction_atp_layers": "3,5"}) == {"atp_layers": (3, 5)}
+
+
+# --- training: soft masks ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def training(with_reduction):
+    """The 4-layer model in training mode with fresh ATP modules (seeded) for one test; then back."""
+    tokenizer, model = with_reduction("none")
+    torch.manual_seed(0)
+    model.add_atp_modules((1, 2, 3))
+
+    def use(reduction):
+        model.set_token_reduction(reduction)
+        model.train()
+        return tokenizer, model
+
+    yield use
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    del model.model.atp_modules
+    model.config.mm_atp_layers = None
+
+
+def answered(tokenizer, question, answer_ids=(100, 101, 102)):
+    """``(ids, labels)`` ``[1, T]``: the prompt followed by answer tokens, labels on the answer only."""
+    ids = torch.cat([prompt_ids(tokenizer, question), torch.tensor(answer_ids)])[None]
+    labels = torch.full_like(ids, -100)
+    labels[0, -len(answer_ids) :] = ids[0, -len(answer_ids) :]
+    return ids, labels
+
+
+def test_soft_path_with_keep_all_masks_gives_the_unpruned_logits(training):
+    tokenizer, model = training("none")
+    ids, labels = answered(tokenizer, "What is this?")
+    pixels = pixels_for(1, 11)
+    with torch.no_grad():
+        plain = model(input_ids=ids, images=pixels, labels=labels)
+        tokenizer, model = training({**ATP_ALL, "atp_target_tokens": 144})
+        soft = model(input_ids=ids, images=pixels, labels=labels)
+    assert soft.atp_kept_tokens.min() > 575.9  # D ≈ 1: σ((S + 1) / 0.1) ≥ σ(10)
+    torch.testing.assert_close(soft.logits, plain.logits, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(soft.loss, plain.loss, atol=1e-4, rtol=1e-4)
+
+
+def test_soft_and_hard_keep_the_same_tokens_at_the_first_module(training):
+    tokenizer, model = training({**ATP_MID, "atp_target_tokens": 144})
+    ids = prompt_ids(tokenizer, "What is this?")[None]
+    pixels = pixels_for(1, 12)
+    masks = []
+    original = ATP.soft_mask
+
+    def spy(self, layer_idx, hidden, step):
+        mask = original(self, layer_idx, hidden, step)
+        masks.append((mask, step.visual.clone()))
+        return mask
+
+    with mock.patch.object(ATP, "soft_mask", spy), torch.no_grad():
+        model(input_ids=ids, images=pixels)  # training mode: soft
+    model.eval()
+    seen, patch = spy_keep()
+    with patch, torch.no_grad():
+        model(input_ids=ids, images=pixels)
+    soft_mask, visual = masks[0]
+    hard = seen[0]["keep"]  # the first module sees the same attention in both modes
+    assert 0 < int(hard[visual].sum()) < 576
+    assert torch.equal(soft_mask[visual] > 0.5, hard[visual])
+
+
+def test_budget_gradients_reach_the_threshold_heads_and_not_the_scores(training):
+    tokenizer, model = training(
+        {**ATP_ALL, "atp_redundancy_threshold": None, "atp_spatial_threshold": None, "atp_target_tokens": 144}
+    )
+    ids, labels = answered(tokenizer, "What is this?")
+    out = model(input_ids=ids, images=pixels_for(1, 13), labels=labels)
+    assert 0.9 * 576 < float(out.atp_mean_tokens) <= 576  # untrained modules keep almost everything
+    (out.atp_budget_loss + out.atp_target_loss).backward()
+    for name, param in model.model.atp_modules.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # the scores are detached: the budget reaches the language model through nothing
+    assert all(p.grad is None for p in model.model.layers.parameters())
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, images=pixels_for(1, 13), labels=labels)
+    out.loss.backward()  # the language-model loss reaches the thresholds through the attention bias
+    assert model.model.atp_modules.predictor(2).head_bias.grad.abs().sum() > 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients(training):
+    tokenizer, model = training({"method": "atp", "atp_layers": (1, 2, 3), "atp_target_tokens": 100})
+    ids, labels = answered(tokenizer, "What is this?")
+    pixels = pixels_for(1, 14)
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, images=pixels, labels=labels)
+        (out.loss + out.atp_budget_loss + out.atp_target_loss).backward()
+        return {n: p.grad.clone() for n, p in model.model.atp_modules.named_parameters()}
+
+    plain = gradients()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    enable()
+    try:
+        checkpointed = gradients()
+    finally:
+        disable()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-4)
+
+
+def test_training_queries_stop_before_the_answer():
+    from llava.model.language_model.llava_llama import last_prompt_positions
+
+    labels = torch.tensor([[-100, -100, -100, 5, 6, -100], [-100, -100, 7, -100, -100, -100], [-100] * 6])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
+    assert last_prompt_positions(labels, mask).tolist() == [2, 1, 4]
+
+
+def test_budget_losses_follow_the_definitions():
+    from llava.model.token_reduction.atp import budget_losses
+
+    initial = torch.tensor([576, 576, 0])
+    kept = [torch.tensor([288.0, 576.0, 0.0]), torch.tensor([144.0, 576.0, 0.0])]
+    terms = budget_losses(initial, kept, (8, 16), 32, target=144.0)
+    nbar = torch.tensor([(8 * 576 + 8 * 288 + 16 * 144) / 32, 576.0])
+    torch.testing.assert_close(terms["mean_tokens"], nbar.mean())  # the image-less sample does not count
+    expected_target = ((nbar - 144).abs() / 576).mean()
+    torch.testing.assert_close(terms["target"], expected_target)
+    l_atp = torch.tensor([(8 / 32 * 288 / 576 + 16 / 32 * 144 / 576) / 2, (8 / 32 + 16 / 32) / 2])
+    torch.testing.assert_close(terms["budget"], l_atp.mean())
+    torch.testing.assert_close(terms["kept"], torch.tensor([432.0, 360.0]))
+    torch.testing.assert_close(nbar, average_visual_tokens(initial[:2], [k[:2] for k in kept], (8, 16), 32))
+
+
+def test_a_prompt_cut_inside_the_image_keeps_the_towers_grid():
+    from llava.model.token_reduction.atp import grid_side
+
+    counts = torch.tensor([576, 479, 0])  # whole, cut at the context length, no image
+    assert grid_side(counts, grid_tokens=576).tolist() == [24, 24, 0]
+    with pytest.raises(ValueError, match="479 visual tokens"):
+        grid_side(counts)  # without the tower's grid, a cut image is no square
+    with pytest.raises(ValueError, match="1152 visual tokens.*one image per prompt"):
+        grid_side(torch.tensor([1152]), grid_tokens=576)

@@ -16,6 +16,7 @@ from llava.model.multimodal_encoder.builder import build_vision_tower
 
 # The LLaVA fields and the default each takes when a config.json lacks it.
 DEFAULTS = {
+    "mm_atp_layers": None,
     "mm_vision_tower": None,
     "mm_hidden_size": None,
     "mm_vision_select_layer": -2,
@@ -87,6 +88,7 @@ def test_every_field_round_trips_through_to_dict_and_save_pretrained(tmp_path):
         "freeze_mm_mlp_adapter": True,
         "mm_projector_lr": 2e-5,
         "mm_token_reduction": {"method": "prumerge_plus", "variant": "reference", "form": "adaptive"},
+        "mm_atp_layers": [4, 14, 24],
     }
     assert set(values) == set(DEFAULTS) - {"vision_config"}
     config = LlavaConfig(**LLAMA, **values, vision_config=tiny_clip_config(num_layers=2))

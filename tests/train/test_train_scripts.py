@@ -65,19 +65,20 @@ def pretrained(train_workspace, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("script", "kind", "method"),
+    ("script", "kind", "method", "flags"),
     [
-        ("finetune.sh", "full", "none"),
-        ("finetune_lora.sh", "lora", "none"),
-        ("finetune_lora_prumerge.sh", "lora", "prumerge"),
-        ("finetune_lora_prumerge_plus.sh", "lora", "prumerge_plus"),
+        ("finetune.sh", "full", "none", ()),
+        ("finetune_lora.sh", "lora", "none", ()),
+        ("finetune_lora_prumerge.sh", "lora", "prumerge", ()),
+        ("finetune_lora_prumerge_plus.sh", "lora", "prumerge_plus", ()),
+        ("finetune_lora_atp.sh", "lora", "atp", ("--reduction_atp_layers", "1")),  # a 2-layer base
     ],
 )
 def test_finetune_scripts_run_and_their_checkpoints_load(
-    pretrained, train_workspace, tmp_path, script, kind, method
+    pretrained, train_workspace, tmp_path, script, kind, method, flags
 ):
     out = tmp_path / "ckpt"
-    run_script(script, {**pretrained, "OUTPUT_DIR": str(out)}, "--max_steps", "2")
+    run_script(script, {**pretrained, "OUTPUT_DIR": str(out)}, "--max_steps", "2", *flags)
     assert checkpoint_kind(out) == kind
     config = json.loads((out / "config.json").read_text())
     assert config["mm_token_reduction"]["method"] == method
@@ -88,6 +89,9 @@ def test_finetune_scripts_run_and_their_checkpoints_load(
     base = pretrained["MODEL_BASE"] if kind == "lora" else None
     _, model, _, _ = load_pretrained_model(str(out), base, device="cpu")
     assert model.get_vision_tower().reduction.method == method
+    if method == "atp":  # the script's budget and the trained modules come back with the checkpoint
+        assert config["mm_token_reduction"]["atp_target_tokens"] == 144 and config["mm_atp_layers"] == [1]
+        assert model.model.in_llm_method().modules is model.get_model().atp_modules
 
 
 def test_two_process_zero3_lora_run(train_workspace, tmp_path):
@@ -121,7 +125,13 @@ def test_two_process_zero3_lora_run(train_workspace, tmp_path):
         "--lora_r",
         "4",
         "--token_reduction",
-        "prumerge",
+        "atp",  # in-LLM: its threshold predictors are gathered by ZeRO-3 on every rank at every step
+        "--reduction_atp_layers",
+        "1",
+        "--reduction_atp_target_tokens",
+        "144",
+        "--atp_lr",
+        "1e-2",
         "--output_dir",
         str(out),
         "--per_device_train_batch_size",
@@ -149,11 +159,14 @@ def test_two_process_zero3_lora_run(train_workspace, tmp_path):
     assert (out / "checkpoint-2" / "non_lora_trainables.bin").is_file()
     extras = torch.load(out / "non_lora_trainables.bin")
     assert extras["base_model.model.model.mm_projector.0.weight"].shape == (64, 32)  # gathered, not a shard
+    head = "base_model.model.model.atp_modules.predictors.1.head_bias"
+    assert extras[head].shape == (2,) and not torch.equal(extras[head], torch.full((2,), -4.0))  # trained
     _, model, _, _ = load_pretrained_model(str(out), str(base), device="cpu")
-    assert model.config.mm_token_reduction["method"] == "prumerge"
+    assert model.config.mm_token_reduction["method"] == "atp"
     torch.testing.assert_close(
         model.get_model().mm_projector[0].weight, extras["base_model.model.model.mm_projector.0.weight"]
     )
+    torch.testing.assert_close(model.get_model().atp_modules.predictor(1).head_bias, extras[head])
 
 
 def dry_run(env: dict[str, str]) -> str:

@@ -17,16 +17,28 @@ from transformers import GenerationMixin, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
+from llava.constants import IGNORE_INDEX
 from llava.model.configuration_llava import LlavaConfig
 from llava.model.llava_arch import MultimodalInputs, splice_visual_tokens
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.token_reduction import ReductionConfig
+from llava.model.token_reduction.atp import ATPModules, ThresholdPredictor
 from llava.model.token_reduction.in_llm import InLLMMethod, InLLMPruning
 from llava.model.token_reduction.registry import get_reducer
 
 VISION_TOWER_PREFIX = "model.vision_tower."
+
+
+def last_prompt_positions(labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """``[B]`` the last token of each training sample's first question: the one before its first answer
+    token (the first label that is not ``IGNORE_INDEX``); the last real token when nothing is answered."""
+    answered = labels != IGNORE_INDEX  # [B, L]
+    real = torch.ones_like(answered) if attention_mask is None else attention_mask.bool()
+    last_real = real.long().cumsum(dim=1).argmax(dim=1)  # the last real position (right padding)
+    first_answer = answered.long().argmax(dim=1)
+    return torch.where(answered.any(dim=1), (first_answer - 1).clamp(min=0), last_real)
 
 
 def _multi_process() -> bool:
@@ -39,10 +51,19 @@ def _multi_process() -> bool:
 
 @dataclass
 class LlavaCausalLMOutput(CausalLMOutputWithPast):
-    """``CausalLMOutputWithPast`` plus, when images were spliced, per-sample ``truncated`` and ``num_visual_tokens``."""
+    """``CausalLMOutputWithPast`` plus, when images were spliced, per-sample ``truncated`` and ``num_visual_tokens``.
+
+    Training with ATP adds its two loss terms (``atp_budget_loss`` = L_ATP, ``atp_target_loss`` = L_target;
+    ``loss`` stays the language-model loss, the trainer weighs and adds them) and, detached, the mean soft
+    count after each module (``atp_kept_tokens``, ``[K]``) and the mean N̄ (``atp_mean_tokens``).
+    """
 
     truncated: torch.Tensor | None = None
     num_visual_tokens: torch.Tensor | None = None
+    atp_budget_loss: torch.Tensor | None = None
+    atp_target_loss: torch.Tensor | None = None
+    atp_kept_tokens: torch.Tensor | None = None
+    atp_mean_tokens: torch.Tensor | None = None
 
 
 class LlavaLlamaModel(LlamaModel):
@@ -61,6 +82,8 @@ class LlavaLlamaModel(LlamaModel):
         if config.mm_vision_tower:
             self.vision_tower = build_vision_tower(config, load_weights=False)
             self.mm_projector = build_vision_projector(config)
+            if config.mm_atp_layers:
+                self.atp_modules = ATPModules(config.mm_atp_layers, self.vision_tower.num_patches)
         # hooks on the decoder layers' calls, idle unless an in-LLM reduction (FastV) runs a forward pass
         self.in_llm = InLLMPruning(self.layers, config)
         self._in_llm_method = None
@@ -88,7 +111,18 @@ class LlavaLlamaModel(LlamaModel):
         check = getattr(method, "check_layers", None)
         if check is not None:
             check(len(self.layers))
+        bind = getattr(method, "bind", None)  # ATP: the trained threshold predictors and the patch grid
+        if bind is not None:
+            tower = self.get_vision_tower()
+            bind(getattr(self, "atp_modules", None), tower.num_patches if tower is not None else None)
         return method
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Llama's initialisation, and ATP's own for threshold predictors a checkpoint does not hold."""
+        if isinstance(module, ThresholdPredictor):
+            module.reset_parameters()
+        else:
+            super()._init_weights(module)
 
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM):
@@ -114,6 +148,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
     def get_model(self) -> LlavaLlamaModel:
         return self.model
 
+    def _init_weights(self, module: nn.Module) -> None:
+        """As :meth:`LlavaLlamaModel._init_weights` (whichever model transformers asks)."""
+        if isinstance(module, ThresholdPredictor):
+            module.reset_parameters()
+        else:
+            super()._init_weights(module)
+
     def get_vision_tower(self) -> CLIPVisionTower | None:
         return self.model.get_vision_tower()
 
@@ -132,6 +173,15 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         self._require_tower().set_reduction(reduction)
         self.config.mm_token_reduction = reduction.to_dict()
         return reduction
+
+    def add_atp_modules(self, layers: tuple[int, ...] | list[int]) -> ATPModules:
+        """New (untrained) ATP modules for ``layers``, recorded in ``config.mm_atp_layers``; replaces any."""
+        tower = self._require_tower()
+        modules = ATPModules(layers, tower.num_patches).to(self.device)
+        self.model.atp_modules = modules
+        self.config.mm_atp_layers = list(modules.layers)
+        self.model._in_llm_method = None  # rebuilt with the new modules
+        return modules
 
     def _require_tower(self) -> CLIPVisionTower:
         tower = self.get_vision_tower()
@@ -224,16 +274,20 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             )
             visual_mask = spliced.visual_mask
         method = self.model.in_llm_method()
-        if method is not None and self.training:
+        soft = method is not None and self.training
+        if soft and not hasattr(method, "soft_mask"):
             raise ValueError(
                 f"The in-LLM reduction {self.model.in_llm_reduction().method!r} runs at inference only; "
                 "it cannot run while training."
             )
+        if soft and labels is not None:
+            query_index = last_prompt_positions(labels, attention_mask)
+        extra: dict[str, Any] = {}
         with (
-            self.model.in_llm.forward_step(method, visual_mask, attention_mask, query_index)
+            self.model.in_llm.forward_step(method, visual_mask, attention_mask, query_index, soft=soft)
             if method is not None
             else contextlib.nullcontext()
-        ):
+        ) as step:
             out = super().forward(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -243,10 +297,13 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
+            if soft and step.mode == "soft":
+                extra = method.training_outputs(step)
         return LlavaCausalLMOutput(
             **dict(out.items()),
             truncated=None if spliced is None else spliced.truncated,
             num_visual_tokens=None if spliced is None else spliced.num_visual_tokens,
+            **extra,
         )
 
     @torch.no_grad()
@@ -287,6 +344,28 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
         if self.model.in_llm_reduction() is None:
             return None
         return self.model.in_llm.last_schedule
+
+    def kept_visual_ranks(self) -> list[torch.Tensor] | None:
+        """After a prefill with an in-LLM reduction, one ``[B, L']`` tensor per pruning stage: each token's
+        index among its sample's visual tokens (its raster index for one image), -1 for the others; else None."""
+        if self.model.in_llm_reduction() is None:
+            return None
+        return self.model.in_llm.last_kept_ranks
+
+    def pruning_thresholds(self) -> dict[int, list[list[float]]] | None:
+        """After a prefill with ATP, ``{insertion layer: [[θ_r, θ_s] per sample]}`` (predicted by the
+        trained modules, or the fixed ones); None for other reductions or text-only prompts."""
+        thresholds = self.model.in_llm.last_thresholds if self.model.in_llm_reduction() is not None else None
+        if not thresholds:
+            return None
+        batch = self.model.in_llm.last_schedule.shape[0]
+        out = {}
+        for prune_layer, (theta_r, theta_s) in sorted(thresholds.items()):
+            pair = [
+                torch.as_tensor(t, dtype=torch.float32).flatten().expand(batch) for t in (theta_r, theta_s)
+            ]
+            out[prune_layer + 1] = torch.stack(pair, dim=1).tolist()
+        return out
 
     def save_pretrained(self, save_directory: Any, state_dict: dict | None = None, **kwargs: Any) -> None:
         """Saves like transformers does, without the vision tower (it loads from ``mm_vision_tower``)."""

@@ -124,6 +124,8 @@ def _training_field(name: str, spec: OptionSpec, default: Any) -> tuple[str, Any
     if spec.format is not None:  # a tuple option (grid, atp_layers): a string flag, parsed by to_config
         default = None if default is None else spec.format(default)
     metadata = {"help": spec.help} | ({"choices": list(spec.choices)} if spec.choices else {})
+    if name.startswith("atp_"):  # ATP's options also by their own names: --atp_target_tokens 144
+        metadata["aliases"] = [f"--{name}"]
     return spec.arg_name, typ, field(default=default, metadata=metadata)
 
 

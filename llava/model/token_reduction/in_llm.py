@@ -18,6 +18,12 @@ Prefill: at a pruning layer the method scores the tokens from the layer's input 
 then chooses which to keep from its output (``keep``); the hook packs the kept tokens right-aligned
 (left padding, as batched generation has) and returns the shorter sequence. Decoding: nothing is
 dropped; the layers after a pruning point see the mask columns of the kept prefill tokens only.
+
+Training (``soft``, for methods with ``soft_mask``, i.e. ATP): nothing is dropped and shapes never
+change. Each pruning layer multiplies a cumulative soft keep mask D by the method's factor, and every
+later layer receives an additive attention mask ``log(D_j + 1e-6)`` on visual keys
+(:func:`soft_mask_bias`), through which the gradients reach the method's thresholds. The hooks stay
+outside activation checkpointing (transformers 5 checkpoints the layers' ``forward``), so they run once.
 """
 
 from __future__ import annotations
@@ -59,25 +65,40 @@ class PruneStep:
     Attributes:
         visual: ``[B, L]`` visual tokens of the prefill (None: no images, nothing to prune).
         valid: ``[B, L]`` real (not padding) tokens.
-        query_index: the query position of the prefill (the last prompt token) in the full sequence.
-        mode: ``"prefill"``, ``"decode"`` or None (nothing to do), fixed at the first layer.
+        query_index: the query position of the prefill (the last prompt token) in the full sequence: one
+            int for the batch (left padding), or ``[B]`` per sample (training: the end of the first question).
+        mode: ``"prefill"``, ``"decode"``, ``"soft"`` (training: soft masks, no token dropped) or None
+            (nothing to do), fixed at the first layer.
         layouts: the pruning stages so far (prefill) or of the prompt (decode).
         kept_visual: visual tokens per sample after each pruning stage (``[B]`` each).
+        kept_rank: after each pruning stage, ``[B, L']`` the ``visual_rank`` of each token of the new layout
+            (-1 for text and padding): the kept visual tokens' raster indices for one image per sample.
         visual_rank: ``[B, L]`` each visual token's index among its sample's prefill visual tokens (its
             raster index in the image for one image per sample), -1 elsewhere; set at the first layer.
         visual_count: ``[B]`` visual tokens per sample before any pruning; set at the first layer.
         scores: per-method scratch space between ``before_layer`` and ``keep``.
+        soft: whether this forward pass trains (``soft_mask`` instead of ``keep``).
+        soft_keep: ``[B, L]`` float32, training's cumulative soft keep mask D (1 on text); None otherwise.
+        soft_counts: ``[B]`` per pruning layer reached, the soft count ``Σ_j D_j`` of visual tokens after it.
+        soft_bias: the additive attention mask of the current soft stage, built once per stage.
+        thresholds: per pruning layer, the thresholds the method used (floats or ``[B]``), for logging.
     """
 
     visual: torch.Tensor | None
     valid: torch.Tensor | None
-    query_index: int | None
+    query_index: int | torch.Tensor | None
     mode: str | None = None
     layouts: list[PrunedLayout] = field(default_factory=list)
     kept_visual: list[torch.Tensor] = field(default_factory=list)
+    kept_rank: list[torch.Tensor] = field(default_factory=list)
     visual_rank: torch.Tensor | None = None
     visual_count: torch.Tensor | None = None
-    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    scores: dict[int, Any] = field(default_factory=dict)
+    soft: bool = False
+    soft_keep: torch.Tensor | None = None
+    soft_counts: list[torch.Tensor] = field(default_factory=list)
+    soft_bias: torch.Tensor | None = None
+    thresholds: dict[int, tuple] = field(default_factory=dict)
 
     def layout_for(self, layer_idx: int) -> PrunedLayout | None:
         """The layout a layer's inputs are in: that of the last pruning stage before it."""
@@ -87,6 +108,8 @@ class PruneStep:
     def query_position(self) -> torch.Tensor:
         """``[B]`` where the query token sits in the current layout."""
         batch = self.valid.shape[0]
+        if isinstance(self.query_index, torch.Tensor):  # per sample, in the full sequence (training)
+            return self.query_index.to(self.valid.device)
         query = self.valid.shape[1] - 1 if self.query_index is None else self.query_index
         if not self.layouts:
             return torch.full((batch,), query, dtype=torch.long, device=self.valid.device)
@@ -97,7 +120,9 @@ class InLLMMethod(Protocol):
     """An in-LLM pruning method: which layers prune, how tokens are scored and which are kept.
 
     A method may also have ``check_layers(num_layers)``, raising ``ValueError`` when its layers do not fit
-    the language model; the model calls it whenever it builds the method.
+    the language model (the model calls it whenever it builds the method), and, to be trainable,
+    ``soft_mask(layer_idx, hidden, step)``: the ``[B, L]`` factor in [0, 1] by which a pruning layer
+    multiplies the soft keep mask in training, where no token is dropped (see :class:`InLLMPruning`).
     """
 
     prune_layers: tuple[int, ...]
@@ -233,6 +258,53 @@ def layer_schedule(step: PruneStep, prune_layers: tuple[int, ...], num_layers: i
     return counts
 
 
+SOFT_MASK_FLOOR = 1e-6  # G_j + 1e-6 inside the log: a fully pruned key gets a bias of about -13.8
+
+
+def soft_mask_bias(
+    mask: torch.Tensor | None,
+    keep: torch.Tensor,
+    visual: torch.Tensor,
+    valid: torch.Tensor,
+    attn_implementation: str | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The attention mask of a layer after an ATP module in training: ``log(D_j + 1e-6)`` on visual keys.
+
+    Every query's attention to visual key j is weighted by its soft keep value ``D_j`` (its own key
+    excepted: ``G_ii = 1``), i.e. ``softmax(P + log G)``; text keys are untouched and values are not
+    rescaled. ``mask`` is the layer's mask (None: causal over ``valid``; a 4-D boolean or additive
+    float mask otherwise). Returns an additive ``[B, 1, L, L]`` mask in ``dtype`` (the masked entries at
+    its most negative finite value), which SDPA and eager attention take with gradients to ``keep``.
+    """
+    if attn_implementation and attn_implementation.startswith("flash"):
+        raise ValueError(
+            "ATP training adds its soft masks to the attention logits as a bias, which flash-attention "
+            "cannot take: train with SDPA (the default) or eager attention."
+        )
+    batch, length = keep.shape
+    positions = torch.arange(length, device=keep.device)
+    diagonal = positions[None, :] == positions[:, None]  # [L, L]
+    if mask is None:
+        allowed = ((positions[None, :] <= positions[:, None])[None] & valid[:, None, :])[:, None]
+    elif mask.ndim == 4 and mask.dtype == torch.bool:
+        allowed = mask
+    elif mask.ndim == 4:
+        allowed = mask > torch.finfo(mask.dtype).min / 2
+    else:
+        raise ValueError(
+            f"ATP training cannot add its soft masks to an attention mask of shape {tuple(mask.shape)}."
+        )
+    allowed = allowed | diagonal
+    bias = soft_key_bias(keep, visual)[:, None, None, :].masked_fill(diagonal, 0.0)  # [B, 1, L, L]
+    return torch.where(allowed, bias, torch.finfo(dtype).min).to(dtype)
+
+
+def soft_key_bias(keep: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` ``log(D_j + 1e-6)`` on visual keys, 0 on text: the bias :func:`soft_mask_bias` adds."""
+    return torch.where(visual, keep.float().clamp(min=0).add(SOFT_MASK_FLOOR).log(), 0.0)
+
+
 class InLLMPruning:
     """Hooks on the decoder layers that run an in-LLM method; inactive outside :meth:`forward_step`."""
 
@@ -242,6 +314,8 @@ class InLLMPruning:
         self.method: InLLMMethod | None = None
         self.step: PruneStep | None = None
         self.last_schedule: torch.Tensor | None = None
+        self.last_kept_ranks: list[torch.Tensor] | None = None
+        self.last_thresholds: dict[int, tuple] | None = None
         for idx, layer in enumerate(layers):
             layer.register_forward_pre_hook(partial(self._before, idx), with_kwargs=True)
             layer.register_forward_hook(partial(self._after, idx), with_kwargs=True)
@@ -252,25 +326,31 @@ class InLLMPruning:
         method: InLLMMethod,
         visual: torch.Tensor | None,
         valid: torch.Tensor | None,
-        query_index: int | None,
+        query_index: int | torch.Tensor | None,
+        soft: bool = False,
     ) -> Iterator[PruneStep]:
         """Activates ``method`` for one forward pass of the language model.
 
         After a prefill, :attr:`last_schedule` holds its per-layer visual-token counts
-        (:func:`layer_schedule`); decoding steps leave it as it is.
+        (:func:`layer_schedule`), :attr:`last_kept_ranks` its ``PruneStep.kept_rank`` (one tensor per
+        pruning stage) and :attr:`last_thresholds` the thresholds the method used (``PruneStep.thresholds``);
+        decoding steps leave them as they are.
         """
         self.method = method
         self.step = PruneStep(
             visual=None if visual is None else visual.bool(),
             valid=None if valid is None else valid.bool(),
             query_index=query_index,
+            soft=soft,
         )
         try:
             yield self.step
             if self.step.mode == "prefill":
                 self.last_schedule = layer_schedule(self.step, method.prune_layers, self.num_layers)
+                self.last_kept_ranks = list(self.step.kept_rank)
+                self.last_thresholds = dict(self.step.thresholds)
             elif self.step.mode is None:  # nothing to prune (no image): no schedule; decoding keeps it
-                self.last_schedule = None
+                self.last_schedule, self.last_kept_ranks, self.last_thresholds = None, None, None
         finally:
             self.method, self.step = None, None
 
@@ -279,10 +359,10 @@ class InLLMPruning:
         step = self.step
         cache = find_cache(kwargs)
         layouts = getattr(cache, CACHE_ATTRIBUTE, None) if cache is not None else None
-        if layouts and cache.get_seq_length() > 0:
+        if layouts and cache.get_seq_length() > 0 and not step.soft:
             step.mode, step.layouts = "decode", list(layouts)
         elif step.visual is not None:
-            step.mode = "prefill"
+            step.mode = "soft" if step.soft else "prefill"
             length = hidden.shape[1]
             if step.valid is None:
                 step.valid = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
@@ -293,6 +373,8 @@ class InLLMPruning:
                 )
             step.visual_count = step.visual.sum(dim=1)
             step.visual_rank = (step.visual.cumsum(dim=1) - 1).masked_fill(~step.visual, -1)
+            if step.soft:
+                step.soft_keep = torch.ones(step.visual.shape, dtype=torch.float32, device=hidden.device)
 
     def _before(self, idx: int, layer: nn.Module, args: tuple, kwargs: dict):
         step = self.step
@@ -303,6 +385,8 @@ class InLLMPruning:
             self._begin(hidden, kwargs)
         if step.mode is None:
             return None
+        if step.mode == "soft":
+            return self._before_soft(idx, layer, hidden, args, kwargs)
         layout = step.layout_for(idx)
         if layout is not None:
             kwargs = slice_layer_inputs(
@@ -312,9 +396,35 @@ class InLLMPruning:
             self.method.before_layer(idx, layer, hidden, kwargs, step)
         return args, kwargs
 
+    def _before_soft(self, idx: int, layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict):
+        """Training: the layers after a pruning layer attend through the soft keep mask (an additive bias)."""
+        step = self.step
+        if step.soft_counts:
+            if step.soft_bias is None:
+                step.soft_bias = soft_mask_bias(
+                    kwargs.get("attention_mask"),
+                    step.soft_keep,
+                    step.visual,
+                    step.valid,
+                    self.config._attn_implementation,
+                    hidden.dtype,
+                )
+            kwargs = {**kwargs, "attention_mask": step.soft_bias}
+        if idx in self.method.prune_layers:
+            self.method.before_layer(idx, layer, hidden, kwargs, step)
+        return args, kwargs
+
     def _after(self, idx: int, layer: nn.Module, args: tuple, kwargs: dict, output: Any):
         step = self.step
-        if step is None or step.mode != "prefill" or idx not in self.method.prune_layers:
+        if step is None or idx not in self.method.prune_layers:
+            return None
+        if step.mode == "soft":  # training: no token dropped; the mask takes this module's factor
+            hidden = output[0] if isinstance(output, tuple) else output
+            step.soft_keep = step.soft_keep * self.method.soft_mask(idx, hidden, step)
+            step.soft_counts.append((step.soft_keep * step.visual).sum(dim=1))
+            step.soft_bias = None
+            return None
+        if step.mode != "prefill":
             return None
         hidden = output[0] if isinstance(output, tuple) else output
         keep = self.method.keep(idx, hidden, step) & step.valid  # [B, L]
@@ -328,6 +438,7 @@ class InLLMPruning:
         step.visual_rank = step.visual_rank.gather(1, local_index).masked_fill(~step.visual, -1)
         step.valid = valid
         step.kept_visual.append(step.visual.sum(dim=1))
+        step.kept_rank.append(step.visual_rank)
         cache = find_cache(kwargs)
         if cache is not None:
             setattr(cache, CACHE_ATTRIBUTE, list(step.layouts))
