@@ -37,11 +37,19 @@ fixed budgets of 64, 128 and 192 tokens), all under ``torch.inference_mode()``:
 * the roofline estimate of ``llava.analysis`` (fp16, batch 1) for the same number of visual and text
   tokens, on the matching device of ``llava.analysis.DEVICES`` (H100, H200, A100, V100).
 
+The video case (``--cases video``, on by default) has Video-LLaVA-7B's shape: 8 frames of 1 + 256 tokens
+(CLS kept, a 16x16 patch grid), 2,056 visual tokens before reduction, each frame reduced on its own with
+the fixed fractions of ``video_prumerge.md`` (PruMerge: N // 8 + 1 = 33 tokens per frame; PruMerge+:
+``form="fixed"``). The LLM cost of a video is that of a prompt with that many visual tokens, so the frames
+are synthetic tower outputs (seeded), reduced by the registered reducer, projected by the model's
+projector and spliced at 8 placeholders of image 0's prompt; prefill time and peak memory are measured.
+
 Usage::
 
     python benchmarks/bench_e2e.py                                    # CPU, 7B shapes, 1 LLM layer
     python benchmarks/bench_e2e.py --device cuda                      # GPU, 7B, bfloat16, all layers
     python benchmarks/bench_e2e.py --device cuda --shape 13b
+    python benchmarks/bench_e2e.py --cases video                      # the video case only (<slug>_video.json)
 """
 
 from __future__ import annotations
@@ -62,7 +70,8 @@ import torch
 from llava.analysis import DEVICES, LLM_PRESETS, estimate, spec_from_config
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import LlavaConfig, LlavaLlamaForCausalLM
-from llava.model.token_reduction import ReducerInputs, ReductionConfig
+from llava.model.llava_arch import MultimodalInputs, splice_visual_tokens
+from llava.model.token_reduction import ReducerInputs, ReductionConfig, reduce
 from llava.prompting import left_pad
 from llava.tiny import llava_mm_fields, tiny_clip_config
 
@@ -119,9 +128,30 @@ BASE_SETTINGS: dict[str, dict[str, Any]] = {
     "prumerge_plus": {"method": "prumerge_plus", "variant": "reference", "form": "adaptive"},
 }
 
+#: The video case: Video-LLaVA-7B's 8 frames, each CLS + a 16x16 patch grid (224 px, 14 px patches).
+VIDEO_FRAMES = 8
+VIDEO_GRID = (16, 16)
+#: Scale of the random logits of the synthetic per-frame class attention (softmax of scale * N(0, 1)).
+VIDEO_ATTENTION_SCALE = 3.0
+CASES = ("image", "video")
+
 #: Fixed pieces of each prompt: ``<s>``, `` USER:``, the ``\\n`` after ``<image>``, `` ASSISTANT:``.
 PROMPT_FIXED = {"bos": 1, "user_role": 3, "image_newline": 1, "assistant_role": 5}
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+def video_settings(patches: int) -> dict[str, dict[str, Any]]:
+    """The video rows: no reduction, and PruMerge / PruMerge+ in the fixed per-frame forms of video_prumerge.md.
+
+    PruMerge keeps ``patches // 8 + 1`` tokens per frame (32 by attention plus its extra token: 33 of 256),
+    PruMerge+ ``form="fixed"`` (N // 8 by attention plus the N // 8 spatial samples, de-duplicated, plus
+    the extra token: at most 65 of 256).
+    """
+    return {
+        "none": {"method": "none"},
+        "prumerge": {"method": "prumerge", "variant": "reference", "budget": patches // 8 + 1},
+        "prumerge_plus": {"method": "prumerge_plus", "variant": "reference", "form": "fixed"},
+    }
 
 
 def settings_for(budgets: list[int]) -> dict[str, dict[str, Any]]:
@@ -159,8 +189,16 @@ def analysis_device(slug: str) -> Any:
 def llava_config(shape: str, llm_layers: int) -> LlavaConfig:
     """The ``LlavaConfig`` of ``shape`` with its Llama truncated to ``llm_layers`` decoder layers."""
     spec = SHAPES[shape]
-    llm = {**spec["llm"], "num_hidden_layers": llm_layers}
-    if spec["tower"] == "tiny":
+    return make_llava_config({**spec["llm"], "num_hidden_layers": llm_layers}, spec["tower"])
+
+
+def make_llava_config(llm: dict[str, int], tower: str) -> LlavaConfig:
+    """A ``LlavaConfig`` with the Llama shapes ``llm`` (``SHAPES[...]["llm"]``'s keys) and the ``tower``.
+
+    ``tower``: ``"vit-l-14-336"`` (CLIP ViT-L/14-336) or ``"tiny"`` (width 32, the same 336 px / 14 px
+    geometry, so 576 patches).
+    """
+    if tower == "tiny":
         vision_config = tiny_clip_config(hidden_size=32, num_layers=24, num_heads=4)
     else:
         vision_config = vit_l_336_config()
@@ -242,6 +280,31 @@ def make_prompts(count: int, text_tokens: int, vocab: int, seed: int) -> list[li
         words = torch.randint(3, vocab, (question + delta,), generator=generator).tolist()
         prompts.append([BOS_ID, *user, IMAGE_TOKEN_INDEX, *newline, *words, *assistant])
     return prompts
+
+
+def video_prompt(prompt: list[int], frames: int) -> list[int]:
+    """``prompt`` with its one ``<image>`` placeholder replaced by ``frames`` placeholders, one per frame."""
+    at = prompt.index(IMAGE_TOKEN_INDEX)
+    return [*prompt[:at], *[IMAGE_TOKEN_INDEX] * frames, *prompt[at + 1 :]]
+
+
+def synthetic_frames(frames: int, width: int, seed: int) -> tuple[torch.Tensor, ReducerInputs]:
+    """Seeded stand-ins for a video tower's output: the frame tokens and the reducer's per-frame inputs.
+
+    Returns:
+        ``hidden`` ``[T, 1 + N, D]`` (CLS first, N = 256 patches of a 16x16 grid) and the
+        :class:`ReducerInputs` of the T frames: the patches ``[T, N, D]``, a class attention ``[T, N]``
+        (softmax of ``VIDEO_ATTENTION_SCALE`` times standard normal logits) and keys ``[T, N, D]``.
+    """
+    rows, cols = VIDEO_GRID
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(frames, 1 + rows * cols, width, generator=generator)  # [T, 1 + N, D]
+    logits = VIDEO_ATTENTION_SCALE * torch.randn(frames, rows * cols, generator=generator)
+    keys = torch.randn(frames, rows * cols, width, generator=generator)  # [T, N, D]
+    inputs = ReducerInputs(
+        features=hidden[:, 1:], attention=logits.softmax(dim=-1), keys=keys, grid=VIDEO_GRID
+    )
+    return hidden, inputs
 
 
 def padded_batch(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -582,6 +645,74 @@ class Runner:
             "peak_memory_mib": mem["peak_mib"],
         }
 
+    def video_inputs(self, reduction: ReductionConfig) -> tuple[MultimodalInputs, torch.Tensor]:
+        """Image 0's prompt with one placeholder per frame, spliced with the frames reduced by ``reduction``.
+
+        Each frame is reduced on its own (its 256 patches), its CLS token is put first (Video-LLaVA keeps it),
+        and the result goes through the model's projector. Returns the spliced inputs and the ``[T]`` tokens
+        of each frame.
+        """
+        frames = self.args.video_frames
+        hidden, inputs = synthetic_frames(frames, self.tower.config.hidden_size, self.args.seed + 3)
+        out = reduce(inputs, reduction.for_tokens(inputs.features.shape[1]))
+        tokens = torch.cat([hidden[:, :1], out.tokens], dim=1)  # [T, 1 + M, D]
+        lengths = out.lengths + 1  # [T]
+        projector = self.model.get_model().mm_projector
+        projected = projector(tokens.to(self.device, self.dtype))  # [T, 1 + M, H]
+        valid = torch.arange(projected.shape[1], device=self.device)[None] < lengths.to(self.device)[:, None]
+        projected = projected * valid[..., None].to(projected.dtype)
+        ids, mask = padded_batch([video_prompt(self.prompts[0], frames)], self.device)
+        spliced = splice_visual_tokens(
+            ids,
+            mask,
+            None,
+            projected,
+            lengths.to(self.device),
+            self.model.get_input_embeddings(),
+            padding_side="left",
+        )
+        return spliced, lengths
+
+    def video_setting(self, key: str, reduction: dict[str, Any], llm_specs: dict[str, Any]) -> dict[str, Any]:
+        """Prefill time and peak memory of the video prompt with the frames reduced by ``reduction``."""
+        config = ReductionConfig.from_value(reduction)
+        self.model.set_token_reduction("none")  # the frames are reduced here; the tower is not run
+        spliced, lengths = self.video_inputs(config)
+
+        def forward() -> Any:
+            return self.model(
+                inputs_embeds=spliced.inputs_embeds,
+                attention_mask=spliced.attention_mask,
+                position_ids=spliced.position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+
+        with peak_memory(self.device) as mem:
+            times = timed(forward, self.device, self.args.warmup, self.args.repeats)
+        visual = int(spliced.num_visual_tokens[0])
+        text = len(self.prompts[0]) - 1
+        analysis = analytical(llm_specs, visual, text, self.args)
+        analysis["clip_ms"] = None  # the estimate's tower is ViT-L/14-336 on one image, not 8 video frames
+        row = {
+            "key": key,
+            "setting": describe(config),
+            "mm_token_reduction": config.to_dict(),
+            "frames": len(lengths),
+            "visual_tokens": visual,
+            "visual_tokens_per_frame": lengths.tolist(),
+            "visual_tokens_full": len(lengths) * (1 + VIDEO_GRID[0] * VIDEO_GRID[1]),
+            "prefill_tokens": int(spliced.inputs_embeds.shape[1]),
+            "prefill_text_tokens": text,
+            "prefill_ms": round(statistics.median(times), 3),
+            "prefill_ms_all": rnd(times),
+            "peak_memory_mib": mem["peak_mib"],
+            "peak_memory_delta_mib": round(mem["peak_mib"] - mem["baseline_mib"], 1),
+            "analytical": analysis,
+        }
+        self.log(f"video {row['setting']}: {visual} visual tokens, prefill {row['prefill_ms']:.1f} ms")
+        return row
+
     def setting(self, key: str, reduction: dict[str, Any], llm_specs: dict[str, Any]) -> dict[str, Any]:
         """Every measurement of one reducer setting; returns its row."""
         config = self.model.set_token_reduction(reduction)
@@ -697,11 +828,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods", nargs="+", default=None, help="settings to run (default: all); see --help"
     )
     parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=CASES,
+        default=list(CASES),
+        help="image: every --methods setting on one image; video: 8 frames x 257 tokens with none, PruMerge "
+        "and PruMerge+ per frame (prefill and memory)",
+    )
+    parser.add_argument(
+        "--video-frames", type=int, default=VIDEO_FRAMES, help="frames of the video case (Video-LLaVA: 8)"
+    )
+    parser.add_argument(
         "--qk-scale", type=float, default=8.0, help="factor on every tower layer's q/k weights"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out", type=Path, default=None, help="default: benchmarks/results/<cpu|gpu name>[_<shape>].json"
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/<cpu|gpu name>[_<shape>][_video].json (_video: --cases video alone)",
     )
     args = parser.parse_args(argv)
     on_gpu = args.device == "cuda"
@@ -728,9 +873,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.overhead_batch = args.overhead_batch or (16 if on_gpu else 4)
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2 (one prefill token plus decoded ones)")
+    if args.video_frames < 1:
+        parser.error("--video-frames must be at least 1")
+    args.cases = [case for case in CASES if case in args.cases]
     args.slug = device_slug(torch.device(args.device))
     if args.out is None:
         suffix = "" if args.shape == "7b" else f"_{args.shape}"
+        suffix += "_video" if args.cases == ["video"] else ""
         args.out = Path(__file__).resolve().parent / "results" / f"{args.slug}{suffix}.json"
     return args
 
@@ -788,6 +937,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "decode, e2e, throughput and memory figures are NOT those of the full model (the tower, reducer, "
             "projector, embeddings and lm_head are full size).",
         )
+    if "video" in args.cases:
+        notes.append(
+            f"video: {args.video_frames} frames x (1 + {VIDEO_GRID[0] * VIDEO_GRID[1]}) tokens (Video-LLaVA-7B, CLS "
+            "kept). SYNTHETIC frames: seeded random tower outputs and class attention stand in for the video "
+            "tower, each frame is reduced on its own by the registered reducer (fixed per-frame forms of "
+            "video_prumerge.md), projected by the model's projector and spliced at one placeholder per frame "
+            "of image 0's prompt. Only the prefill (one LLM forward, KV cache on, last-position logits) and "
+            "its peak memory are measured; the token counts, not the values, set the LLM cost."
+        )
     if device.type == "cpu":
         notes.append(
             "CPU peak memory is the process RSS (psutil, sampled every 2 ms) during the batch-1 runs; the "
@@ -831,17 +989,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "new_tokens": args.new_tokens,
             "text_tokens": args.text_tokens,
             "methods": args.methods,
+            "cases": args.cases,
+            "video": {
+                "frames": args.video_frames,
+                "grid": list(VIDEO_GRID),
+                "cls_kept": True,
+                "visual_tokens_full": args.video_frames * (1 + VIDEO_GRID[0] * VIDEO_GRID[1]),
+                "settings": video_settings(VIDEO_GRID[0] * VIDEO_GRID[1]),
+                "attention_logit_scale": VIDEO_ATTENTION_SCALE,
+                "inputs": "synthetic (seeded random tower outputs, class attention and keys)",
+            }
+            if "video" in args.cases
+            else None,
             "qk_scale": args.qk_scale,
             "seed": args.seed,
             "generation": "greedy, KV cache (DynamicCache), min_new_tokens = max_new_tokens = new_tokens",
             "notes": notes,
         },
         "rows": [],
+        "video_rows": [],
     }
     skip = memory_check(config, device, dtype)
     if skip is None:
         try:
-            measure(args, config, device, dtype, log, result["config"], result["rows"])
+            measure(args, config, device, dtype, log, result)
         except RuntimeError as err:
             if not is_oom(err):
                 raise
@@ -863,10 +1034,10 @@ def measure(
     device: torch.device,
     dtype: torch.dtype,
     log: Callable[[str], None],
-    out_config: dict[str, Any],
-    rows: list[dict[str, Any]],
+    result: dict[str, Any],
 ) -> None:
-    """Builds the model and appends one row per setting to ``rows`` (kept if a later setting fails)."""
+    """Builds the model and appends one row per setting to ``result["rows"]`` and ``result["video_rows"]``
+    (kept if a later setting fails)."""
     layers = f"{args.llm_layers} of {SHAPES[args.shape]['llm']['num_hidden_layers']}"
     log(
         f"building the {args.shape} model (LLM layers: {layers}) with random weights on {device} in {args.dtype} ..."
@@ -874,7 +1045,7 @@ def measure(
     if args.llm_layers < SHAPES[args.shape]["llm"]["num_hidden_layers"]:
         log("NOTE: the language model is truncated; LLM figures are not those of the full model.")
     model = build_model(config, args.seed, args.qk_scale, device, dtype)
-    out_config["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    result["config"]["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
     log(f"built: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     preset = SHAPES[args.shape]["preset"]
     measured_spec = spec_from_config(model.config, f"{args.shape}-{args.llm_layers}-layers")
@@ -885,9 +1056,13 @@ def measure(
     settings = settings_for(args.budgets)
     with torch.inference_mode():
         runner = Runner(args, model, log)
-        runner.tower_baseline()
-        for key in args.methods:
-            rows.append(runner.setting(key, settings[key], specs))
+        if "image" in args.cases:
+            runner.tower_baseline()
+            for key in args.methods:
+                result["rows"].append(runner.setting(key, settings[key], specs))
+        if "video" in args.cases:
+            for key, reduction in video_settings(VIDEO_GRID[0] * VIDEO_GRID[1]).items():
+                result["video_rows"].append(runner.video_setting(key, reduction, specs))
         runner.clock.close()
 
 
@@ -902,8 +1077,41 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append("NOTE: truncated LLM; prefill/decode/e2e/throughput are not those of the full model.")
     if results.get("skipped"):
         lines.append(results["skipped"])
-    if not results["rows"]:
-        return "\n".join(lines)
+    if results["rows"]:
+        lines += image_table(results)
+    if results.get("video_rows"):
+        lines += video_table(results)
+    lines.append(f"Total runtime: {results['total_runtime_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def video_table(results: dict[str, Any]) -> list[str]:
+    """The video rows as plain-text lines."""
+    video = results["config"]["video"]
+    lines = [
+        "",
+        f"Video: {video['frames']} frames x {video['visual_tokens_full'] // video['frames']} tokens, reduced per "
+        "frame (synthetic frames; prefill only)",
+    ]
+    header = f"{'setting':<32} {'visual':>7} {'per frame':>14} {'prefill':>9} {'peak MiB':>9} {'delta MiB':>9} {'roofline':>9}"
+    lines += [header, "-" * len(header)]
+    for r in results["video_rows"]:
+        per_frame = r["visual_tokens_per_frame"]
+        spread = (
+            f"{min(per_frame)}-{max(per_frame)}" if min(per_frame) != max(per_frame) else str(per_frame[0])
+        )
+        roof = r["analytical"]["prefill_ms"]
+        lines.append(
+            f"{r['setting']:<32} {r['visual_tokens']:>7} {spread:>14} {r['prefill_ms']:>9.1f} "
+            f"{r['peak_memory_mib']:>9.1f} {r['peak_memory_delta_mib']:>9.1f} "
+            f"{('-' if roof is None else f'{roof:.2f}'):>9}"
+        )
+    return lines
+
+
+def image_table(results: dict[str, Any]) -> list[str]:
+    """The image rows as plain-text lines."""
+    cfg, lines = results["config"], []
     batches = cfg["batch_sizes"]
     header = (
         f"{'setting':<32} {'visual':>7} {'tower+red':>10} {'prefill':>9} {'ms/tok':>7} {'e2e ms':>9} "
@@ -929,8 +1137,7 @@ def format_table(results: dict[str, Any]) -> str:
             f" {('-' if roof is None else f'{roof:.2f}'):>9}"
         )
     lines.append("(* greedy outputs differ from batch 1 for some images; red % = reduce step / tower time)")
-    lines.append(f"Total runtime: {results['total_runtime_s']:.1f} s")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -10,7 +10,10 @@ Sections (each timed, each recorded even when it fails):
 * ``lora_zero2``: a few LoRA steps in bf16 with ZeRO-2 on one GPU, through the DeepSpeed launcher and
   ``llava/train/train_mem.py`` as the published scripts run it.
 * ``bench_e2e``: ``benchmarks/bench_e2e.py`` at Vicuna-7B / CLIP ViT-L/14-336 shapes with random weights
-  (its own JSON under ``benchmarks/results/``).
+  (its own JSON under ``benchmarks/results/``), images and the Video-LLaVA video case (2,056 visual tokens,
+  and PruMerge / PruMerge+ per frame).
+* ``bench_atp``: ``benchmarks/bench_atp.py`` at Vicuna-7B shapes: the cost of each ATP module step, and
+  prefill with ATP against none, FastV and PruMerge at equal N̄ (its own JSON).
 
 ``--smoke`` runs the same code on the CPU at tiny sizes (float32 and bfloat16, ZeRO-2 without bf16, the
 tiny benchmark shape) in a couple of minutes; the test suite runs it. Run through
@@ -39,7 +42,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-SECTIONS = ("inference", "fastv_sdpa", "lora_zero2", "bench_e2e")
+SECTIONS = ("inference", "fastv_sdpa", "lora_zero2", "bench_e2e", "bench_atp")
+VIDEO_TOKENS = 2056  # bench_e2e's video case without reduction: 8 frames x (CLS + 256 patches)
 QUESTIONS = ["What is this?", "Describe the image in detail please.", "How many objects are there?"]
 NEW_TOKENS = 8
 FASTV = {"method": "fastv", "ratio": 0.5, "llm_layer": 0}  # the tiny model has 2 decoder layers
@@ -285,12 +289,34 @@ def lora_zero2(ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_benchmark(script: str, args: list[str]) -> dict[str, Any]:
+    """Runs ``benchmarks/<script>`` with ``args`` in a fresh process; its exit code, time, JSON and output."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    written = [
+        line.split("Wrote ", 1)[-1].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("Wrote ")
+    ]
+    return {
+        "returncode": result.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "args": args,
+        "json": written[-1] if written else None,
+        "stdout_tail": result.stdout[-3000:],
+        "stderr_tail": result.stderr[-3000:] if result.returncode else "",
+    }
+
+
 def bench_e2e(ctx: dict[str, Any]) -> dict[str, Any]:
-    script = REPO_ROOT / "benchmarks" / "bench_e2e.py"
     if ctx["device"] == "cuda":
         args = ["--device", "cuda", "--shape", "7b", "--batch-sizes", "1", "8", "--repeats", "5"]
     else:
-        out = ctx["bench_out"]
         args = [
             "--device",
             "cpu",
@@ -310,23 +336,29 @@ def bench_e2e(ctx: dict[str, Any]) -> dict[str, Any]:
             "--new-tokens",
             "4",
             "--out",
-            str(out),
+            str(ctx["bench_out"]),
         ]
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900)
-    written = [
-        line.split("Wrote ", 1)[-1].strip()
-        for line in result.stdout.splitlines()
-        if line.startswith("Wrote ")
-    ]
-    return {
-        "returncode": result.returncode,
-        "seconds": round(time.perf_counter() - start, 1),
-        "args": args,
-        "json": written[-1] if written else None,
-        "stdout_tail": result.stdout[-3000:],
-        "stderr_tail": result.stderr[-3000:] if result.returncode else "",
-    }
+    result = run_benchmark("bench_e2e.py", args)
+    if result["json"]:  # the video case's visual tokens per setting, for the verdict
+        rows = json.loads(Path(result["json"]).read_text()).get("video_rows", [])
+        result["video_visual_tokens"] = {row["key"]: row["visual_tokens"] for row in rows}
+    return result
+
+
+def bench_atp(ctx: dict[str, Any]) -> dict[str, Any]:
+    if ctx["device"] == "cuda":
+        args = ["--device", "cuda", "--preset", "7b", "--repeats", "10", "--module-repeats", "20"]
+    else:
+        args = ["--device", "cpu", "--preset", "tiny", "--text-tokens", "40", "--targets", "144"]
+        args += ["--calibration-steps", "3", "--repeats", "1", "--warmup", "0", "--module-repeats", "1"]
+        args += ["--out", str(ctx["atp_out"])]
+    result = run_benchmark("bench_atp.py", args)
+    if result["json"]:  # N̄ of every row, for the verdict
+        cases = json.loads(Path(result["json"]).read_text())["cases"]
+        result["mean_visual_tokens"] = {
+            f"{row['key']}@{row['target']}": row["mean_visual_tokens"] for row in cases[0]["rows"]
+        }
+    return result
 
 
 def run_section(
@@ -369,6 +401,12 @@ def verdict(results: dict[str, Any]) -> list[str]:
     bench = results["sections"].get("bench_e2e", {})
     if bench.get("ok") and bench["returncode"] != 0:
         problems.append(f"bench_e2e: exit {bench['returncode']}")
+    video = bench.get("video_visual_tokens")
+    if bench.get("ok") and bench["returncode"] == 0 and (not video or video.get("none") != VIDEO_TOKENS):
+        problems.append(f"bench_e2e: the video case did not run {VIDEO_TOKENS} visual tokens ({video})")
+    atp = results["sections"].get("bench_atp", {})
+    if atp.get("ok") and atp["returncode"] != 0:
+        problems.append(f"bench_atp: exit {atp['returncode']}")
     return problems
 
 
@@ -390,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             "work": work,
             "tiny": work / "tiny",
             "bench_out": out.with_name(out.stem + "_bench_e2e.json"),
+            "atp_out": out.with_name(out.stem + "_bench_atp.json"),
             "dtypes": ["float32", "bfloat16"] if args.smoke else ["float16", "bfloat16"],
         }
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

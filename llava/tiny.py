@@ -66,6 +66,36 @@ def save_tiny_clip(out_dir: str | Path, seed: int = 0, qk_scale: float = 8.0, **
     return out_dir
 
 
+def _tiny_tokenizer(tokenizer_dir: str | Path | None, corpus: list[str]):
+    """The tokenizer of ``tokenizer_dir``, or one trained on ``corpus``."""
+    if tokenizer_dir is None:
+        from llava.tokenizer_train import train_sentencepiece_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return train_sentencepiece_tokenizer(corpus, tmp)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _tiny_llama_fields(
+    tokenizer, hidden_size: int, num_layers: int, num_heads: int, max_positions: int
+) -> dict:
+    """The Llama sizes and special ids of a tiny language model for ``tokenizer``."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads,
+        "max_position_embeddings": max_positions,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
 def build_tiny_llava(
     out_dir: str | Path,
     clip_dir: str | Path | None = None,
@@ -87,31 +117,15 @@ def build_tiny_llava(
         reduction: the ``mm_token_reduction`` to record.
     """
     from llava.model import LlavaConfig, LlavaLlamaForCausalLM, ReductionConfig
-    from llava.tokenizer_train import train_sentencepiece_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if clip_dir is None:
         clip_dir = save_tiny_clip(out_dir / "vision_tower", seed=seed)
-    if tokenizer_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer = train_sentencepiece_tokenizer(corpus, tmp)
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = _tiny_tokenizer(tokenizer_dir, corpus)
     clip_config = CLIPVisionConfig.from_pretrained(clip_dir)
     config = LlavaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **_tiny_llama_fields(tokenizer, hidden_size, num_layers, num_heads, max_positions=2048),
         **llava_mm_fields(str(clip_dir), clip_config.hidden_size, projector_type),
         mm_token_reduction=ReductionConfig.from_value(reduction).to_dict(),
     )
@@ -260,34 +274,18 @@ def build_tiny_video_llava(
     from llava.model.configuration_llava_video import LlavaVideoConfig
     from llava.model.language_model.llava_video import LlavaVideoForCausalLM
     from llava.model.token_reduction import ReductionConfig
-    from llava.tokenizer_train import train_sentencepiece_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tower_dir is None:
         tower_dir = save_tiny_languagebind(out_dir / "video_tower", seed=seed)
-    if tokenizer_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            tokenizer = train_sentencepiece_tokenizer(corpus, tmp)
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = _tiny_tokenizer(tokenizer_dir, corpus)
     from llava.model.multimodal_encoder.languagebind_video import load_video_tower_config
 
     tower_config = load_video_tower_config(tower_dir)
     fields = llava_mm_fields(str(tower_dir), tower_config.hidden_size)
     config = LlavaVideoConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **_tiny_llama_fields(tokenizer, hidden_size, num_layers, num_heads, max_positions=4096),
         mm_hidden_size=fields["mm_hidden_size"],
         mm_projector_type=fields["mm_projector_type"],
         mm_video_tower=str(tower_dir),

@@ -19,6 +19,15 @@ One PNG is written per image (``--out`` for one image, ``<stem>_<i>.png`` beside
 needs only Pillow; ``--hist`` needs matplotlib (``pip install "llava-prumerge[viz]"``).
 Errors a user can fix (missing image or checkpoint, bad option, matplotlib missing) print
 ``error: ...`` and exit with status 2.
+
+In-LLM reductions (``atp``, ``fastv``) keep every patch in the tower and prune inside the language model,
+so the drawing needs a prompt (``--query``): after one prefill of each image with it, one panel per pruning
+stage shows the patches kept from that layer on (the model's ``kept_visual_ranks()``), titled with the
+layer and the count; the JSON adds each stage's indices and the image's per-layer schedule and N̄.
+
+``--nbar-histogram answers.jsonl [...] --out hist.png`` draws instead the histogram of N̄ over the answer
+lines of evaluation runs (``mean_visual_tokens``; ``num_visual_tokens`` for files without it, where every
+layer runs on the spliced tokens), one series per file; it needs matplotlib and no model.
 """
 
 from __future__ import annotations
@@ -36,17 +45,32 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from llava.conversation import conv_templates
 from llava.dtypes import add_dtype_arg, resolve_dtype
+from llava.eval.io import iter_jsonl
 from llava.mm_utils import load_image, process_images
+from llava.model.multimodal_encoder.languagebind_video import to_frames_first
 from llava.model.token_reduction import outlier_count
 from llava.model.token_reduction.args import add_reduction_args, reduction_changes
 from llava.model.token_reduction.config import ReductionConfig
+from llava.prompting import batch_prompt_ids, build_prompt, generation_kwargs
+from llava.serve.video import (
+    VIDEO_SOURCES_HELP,
+    add_video_args,
+    check_media,
+    load_video_model,
+    read_video,
+    video_pixels,
+    video_views,
+)
 
 USAGE_ERROR = 2
 MERGING_METHODS = ("prumerge", "prumerge_plus")
 DIM = 0.35  # brightness of pruned patches
 TINT = 0.45  # share of the centre's colour in a merged patch
 KEPT_OUTLINE = (255, 235, 0)  # outline of kept patches when nothing is merged
+TITLE_HEIGHT = 14  # model pixels above each in-LLM panel for its title
+DEFAULT_OUT = "kept.png"
 VIZ_HINT = 'pip install "llava-prumerge[viz]"'
 
 
@@ -87,11 +111,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m llava.visualize",
         description="Draw the visual tokens a LLaVA vision tower keeps (and merges) for each image.",
     )
-    parser.add_argument("--model-path", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument("--model-path", help="checkpoint folder or Hub id (required unless --nbar-histogram)")
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / projector-only checkpoints")
-    parser.add_argument("--image-file", nargs="+", required=True, help="one or more images (one batch)")
+    parser.add_argument(
+        "--image-file", nargs="+", help="one or more images (one batch; required unless --nbar-histogram)"
+    )
+    parser.add_argument(
+        "--video-file",
+        default=None,
+        help=f"one video for a Video-LLaVA checkpoint ({VIDEO_SOURCES_HELP}): a strip of its frames",
+    )
     add_reduction_args(parser)
-    parser.add_argument("--out", default="kept.png", help="output PNG (several images: <stem>_<i>.png)")
+    add_video_args(parser)
+    parser.add_argument(
+        "--query",
+        default="What is in the image?",
+        help="in-LLM reductions (atp, fastv): the question the image is prefilled with",
+    )
+    parser.add_argument(
+        "--conv-mode", default="vicuna_v1", choices=sorted(conv_templates), help="with --query"
+    )
+    parser.add_argument(
+        "--nbar-histogram",
+        nargs="+",
+        metavar="ANSWERS",
+        help="draw the histogram of N̄ (mean_visual_tokens) over these answers files instead (no model)",
+    )
+    parser.add_argument(
+        "--out", default=None, help=f"output PNG (default {DEFAULT_OUT}; several images: <stem>_<i>.png)"
+    )
     parser.add_argument("--out-dir", default=None, help="write <image stem>_<i>.png here instead of --out")
     parser.add_argument("--json", default=None, help="counts file (default: --out with .json / counts.json)")
     parser.add_argument("--hist", action="store_true", help="add the class-attention histogram (matplotlib)")
@@ -109,7 +157,7 @@ def output_paths(args: argparse.Namespace) -> tuple[list[Path], Path]:
         pngs = [folder / f"{path.stem}_{i}.png" for i, path in enumerate(images)]
         default_json = folder / "counts.json"
     else:
-        out = Path(args.out)
+        out = Path(args.out or DEFAULT_OUT)
         if len(images) == 1:
             pngs = [out]
         else:
@@ -284,12 +332,13 @@ def image_record(name: str, png: Path, report: ImageReport, iqr_scale: float) ->
     return record
 
 
-def load_model(args: argparse.Namespace) -> tuple[Any, Any, ReductionConfig]:
-    """Loads the checkpoint in ``--dtype`` and applies the ``--token-reduction`` / ``--reduction-*`` flags."""
+def load_model(args: argparse.Namespace) -> tuple[Any, Any, Any, ReductionConfig]:
+    """Loads the checkpoint in ``--dtype`` and applies the ``--token-reduction`` / ``--reduction-*`` flags;
+    returns the tokenizer, model, image processor and reduction."""
     from llava.model.loader import load_pretrained_model
 
     dtype = resolve_dtype(args.dtype, args.device)
-    _, model, image_processor, _ = load_pretrained_model(
+    tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path,
         args.model_base,
         device=args.device,
@@ -299,19 +348,302 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, ReductionConfig]:
     if model.get_vision_tower() is None:
         raise ValueError(f"{args.model_path} has no vision tower: nothing to visualise.")
     reduction = model.token_reduction
-    return model, image_processor, reduction
+    return tokenizer, model, image_processor, reduction
+
+
+# ---------------------------------------------------------------------------------------------
+# In-LLM reductions (ATP, FastV): the kept patches at each pruning stage
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """The visual tokens one pruning stage kept: ``layer`` is the first decoder layer that runs on them,
+    ``kept`` their patch (raster) indices in increasing order."""
+
+    layer: int
+    kept: list[int]
+
+
+@dataclass
+class InLLMReport:
+    """One image's prefill with an in-LLM reduction.
+
+    Attributes:
+        view: ``[S, S, 3]`` uint8 image as the model sees it.
+        stages: the kept patches of each pruning stage, in layer order.
+        schedule: the visual tokens each decoder layer ran on (``visual_token_schedule()``'s row).
+    """
+
+    view: np.ndarray
+    stages: list[Stage]
+    schedule: list[int]
+
+
+@torch.no_grad()
+def analyse_in_llm(
+    model: Any, tokenizer: Any, pixels: torch.Tensor, image_processor: Any, query: str, conv_mode: str
+) -> list[InLLMReport]:
+    """Prefills each image with ``query`` as the evaluation runners do and reads the kept visual tokens."""
+    prompts = [build_prompt(conv_mode, query, image=True)] * pixels.shape[0]
+    ids, mask = batch_prompt_ids(tokenizer, prompts)
+    pixels = pixels.to(device=model.device, dtype=model.dtype)
+    spliced = model.prepare_multimodal_inputs(
+        ids.to(model.device), mask.to(model.device), pixels, padding_side="left"
+    )
+    model.generate_spliced(spliced, **generation_kwargs(tokenizer, 1, 0.0, None, 1))  # the prefill
+    schedule = model.visual_token_schedule()  # [B, layers]
+    ranks = model.kept_visual_ranks()  # per stage [B, L']
+    layers = [p + 1 for p in model.get_model().in_llm_method().prune_layers]
+    views = model_view(pixels, image_processor)
+    reports = []
+    for b in range(pixels.shape[0]):
+        stages = [Stage(layer, sorted(r[b][r[b] >= 0].tolist())) for layer, r in zip(layers, ranks)]
+        reports.append(InLLMReport(views[b], stages, schedule[b].tolist()))
+    return reports
+
+
+def draw_title(panel: Image.Image, title: str, height: int) -> Image.Image:
+    """``panel`` under a white strip of ``height`` pixels holding ``title``."""
+    from PIL import ImageFont
+
+    out = Image.new("RGB", (panel.width, panel.height + height), (255, 255, 255))
+    out.paste(panel, (0, height))
+    font = ImageFont.load_default(size=max(8, int(height * 0.7)))
+    ImageDraw.Draw(out).text((4, height // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    return out
+
+
+def draw_stages(report: InLLMReport, grid: tuple[int, int], scale: int = 2) -> Image.Image:
+    """One panel per pruning stage, side by side: kept patches outlined, the others dimmed, and the title
+    ``layer L+: K of N tokens``."""
+    total = report.schedule[0]
+    no_merge = np.full(grid[0] * grid[1], -1)
+    panels = [
+        draw_title(
+            draw_patches(ImageReport(report.view, stage.kept, len(stage.kept), no_merge, None), grid, scale),
+            f"layer {stage.layer}+: {len(stage.kept)} of {total} tokens",
+            TITLE_HEIGHT * scale,
+        )
+        for stage in report.stages
+    ]
+    gap = 4 * scale
+    out = Image.new(
+        "RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), panels[0].height), "white"
+    )
+    for i, panel in enumerate(panels):
+        out.paste(panel, (i * (panel.width + gap), 0))
+    return out
+
+
+def in_llm_record(name: str, png: Path, report: InLLMReport) -> dict[str, Any]:
+    """The JSON entry of one image under an in-LLM reduction."""
+    return {
+        "image": name,
+        "png": str(png),
+        "visual_tokens": report.schedule[0],
+        "visual_tokens_per_layer": report.schedule,
+        "mean_visual_tokens": sum(report.schedule) / len(report.schedule),
+        "stages": [
+            {"layer": stage.layer, "kept_tokens": len(stage.kept), "indices": stage.kept}
+            for stage in report.stages
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# N̄ over answer files
+# ---------------------------------------------------------------------------------------------
+
+
+def nbar_values(path: Path) -> tuple[str, list[float]]:
+    """``(field, values)``: ``mean_visual_tokens`` of every answer with an image when each has it, else
+    their ``num_visual_tokens`` (what every layer runs on without an in-LLM reduction).
+
+    Raises:
+        ValueError: the file has no answer with visual tokens.
+    """
+    lines = [a for a in iter_jsonl(path) if a.get("num_visual_tokens")]
+    if not lines:
+        raise ValueError(f"{path} has no answer line with visual tokens (num_visual_tokens > 0).")
+    field = "mean_visual_tokens" if all("mean_visual_tokens" in a for a in lines) else "num_visual_tokens"
+    return field, [float(a[field]) for a in lines]
+
+
+def run_histogram(args: argparse.Namespace) -> dict[str, Any]:
+    """Draws the N̄ histogram of the ``--nbar-histogram`` files; writes the PNG and a JSON summary."""
+    plt = require_matplotlib()
+    series = []
+    for name in args.nbar_histogram:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"answers file not found: {path}")
+        series.append((path, *nbar_values(path)))
+    png = Path(args.out or "nbar.png")
+    json_path = Path(args.json) if args.json else png.with_suffix(".json")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    try:
+        everything = np.concatenate([np.asarray(values) for _, _, values in series])
+        bins = np.histogram_bin_edges(everything, bins=30)
+        for path, field, values in series:
+            label = f"{path.stem} ({field}, mean {np.mean(values):.1f}, {len(values)} answers)"
+            ax.hist(values, bins=bins, alpha=0.6, label=label)
+        ax.set_xlabel("N̄: visual tokens per decoder layer, mean over layers")
+        ax.set_ylabel("answers")
+        ax.legend(loc="upper right", fontsize="small")
+        fig.tight_layout()
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png)
+    finally:
+        plt.close(fig)
+    files = [
+        {
+            "answers_file": str(path),
+            "field": field,
+            "answers": len(values),
+            "mean": float(np.mean(values)),
+            "min": float(np.min(values)),
+            "max": float(np.max(values)),
+        }
+        for path, field, values in series
+    ]
+    result = {"png": str(png), "files": files}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos (Video-LLaVA): the kept patches of every frame
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def analyse_video(model: Any, pixels: torch.Tensor) -> list[ImageReport]:
+    """Runs the video tower (with its per-frame reducer) on one video ``[1, 3, T, S, S]``; one report per frame.
+
+    ``kept_tokens`` is the frame's token count as the language model gets it (its CLS included unless
+    ``--drop-cls``); ``kept`` holds the patches of those tokens (the CLS and the extra token have none).
+    """
+    tower = model.get_video_tower()
+    reduction = tower.reduction
+    out = tower(pixels)
+    attention = keys = None
+    if tower.num_layers_run < tower.config.num_hidden_layers:
+        hidden = tower.encode_frames(to_frames_first(pixels))  # [T, 1 + N, D]
+        attention, keys, _ = tower.attention_and_keys(hidden, num_frames=out.num_frames)
+    views = video_views(pixels)
+    n = tower.num_patches
+    reports = []
+    for f in range(out.num_frames):
+        row = out.indices[f].cpu()
+        kept = row[row >= 0]
+        owner = torch.full((n,), -1, dtype=torch.long)
+        if reduction.method in MERGING_METHODS and keys is not None:
+            owner = merge_owner(
+                keys[f].cpu(), kept, reduction.num_neighbors, reduction.variant == "reference"
+            )
+        frame_attention = None if attention is None else attention[f].float().cpu().numpy()
+        reports.append(
+            ImageReport(views[f], kept.tolist(), int(out.lengths[f]), owner.numpy(), frame_attention)
+        )
+    return reports
+
+
+def draw_frame_strip(reports: list[ImageReport], grid: tuple[int, int], scale: int = 2) -> Image.Image:
+    """The frames side by side, each drawn as :func:`draw_patches` draws an image, titled
+    ``frame f: K tokens`` (K as the language model gets them)."""
+    drawn = [draw_patches(report, grid, scale) for report in reports]
+    title_height = min(TITLE_HEIGHT * scale, drawn[0].width // 7)  # the title fits a small frame too
+    panels = [
+        draw_title(panel, f"frame {f}: {report.kept_tokens} tokens", title_height)
+        for f, (panel, report) in enumerate(zip(drawn, reports))
+    ]
+    gap = 4 * scale
+    width = sum(panel.width for panel in panels) + gap * (len(panels) - 1)
+    out = Image.new("RGB", (width, panels[0].height), "white")
+    for f, panel in enumerate(panels):
+        out.paste(panel, (f * (panel.width + gap), 0))
+    return out
+
+
+def video_output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The PNG (``--out``, or ``<video stem>.png`` under ``--out-dir``) and the JSON path of a video."""
+    if args.out_dir is not None:
+        png = Path(args.out_dir) / f"{Path(args.video_file).stem}.png"
+        default_json = Path(args.out_dir) / "counts.json"
+    else:
+        png = Path(args.out or DEFAULT_OUT)
+        default_json = png.with_suffix(".json")
+    return png, Path(args.json) if args.json else default_json
+
+
+def run_video(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--video-file`` path of :func:`run`: one strip of the frames and the JSON of every frame."""
+    if args.image_file:
+        raise ValueError("Give --image-file or --video-file, not both.")
+    if args.hist:
+        raise ValueError("--hist draws one image's class attention; it is not available for videos.")
+    if args.model_base is not None:
+        raise ValueError("--model-base is for LoRA and projector-only image checkpoints, not Video-LLaVA.")
+    dtype = resolve_dtype(args.dtype, args.device)
+    frames = read_video(args.video_file)  # before the (slow) model load, so a bad video fails at once
+    check_media(args.model_path, video=True)
+    _, model, _, _ = load_video_model(args, args.device, dtype)
+    tower = model.get_video_tower()
+    if len(frames) != tower.num_frames:
+        frames = read_video(args.video_file, tower.num_frames)
+    reports = analyse_video(model, video_pixels(frames, tower))
+    png, json_path = video_output_paths(args)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    draw_frame_strip(reports, tower.grid, args.scale).save(png)
+    iqr_scale = tower.reduction.iqr_scale
+    records = []
+    for f, report in enumerate(reports):
+        record = image_record(args.video_file, png, report, iqr_scale)
+        del record["image"], record["png"]
+        records.append({"frame": f, **record})
+    result = {
+        "model_path": args.model_path,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "reduction": ReductionConfig.from_value(model.config.mm_token_reduction).to_dict(),
+        "video_reduction": tower.reduction.to_dict(),
+        "video": args.video_file,
+        "png": str(png),
+        "visual_tokens": sum(report.kept_tokens for report in reports),
+        "frames": records,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Draws every image and writes the PNGs and the JSON; returns the JSON content."""
+    """Draws every image (or the N̄ histogram) and writes the PNGs and the JSON; returns the JSON content."""
+    if args.nbar_histogram:
+        return run_histogram(args)
+    if not args.model_path or not (args.image_file or args.video_file):
+        raise ValueError(
+            "--model-path and --image-file (or --video-file) are required (unless --nbar-histogram)."
+        )
     if args.scale < 1:
         raise ValueError(f"--scale must be a positive integer, got {args.scale}.")
+    if args.video_file is not None:
+        return run_video(args)
     if args.hist:
         require_matplotlib()  # fail before the (slow) model load
     resolve_dtype(args.dtype, args.device)  # likewise an unusable --dtype / --device
     images = [load_image(name) for name in args.image_file]
-    model, image_processor, reduction = load_model(args)
+    check_media(args.model_path, video=False)  # a Video-LLaVA checkpoint takes --video-file
+    tokenizer, model, image_processor, reduction = load_model(args)
     pixels = process_images(images, image_processor, model.config.image_aspect_ratio)
+    if reduction.in_llm:
+        return run_in_llm(args, tokenizer, model, image_processor, pixels)
     reports = analyse(model, pixels, image_processor)
     pngs, json_path = output_paths(args)
     grid = model.get_vision_tower().grid
@@ -339,6 +671,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_in_llm(
+    args: argparse.Namespace, tokenizer: Any, model: Any, image_processor: Any, pixels: torch.Tensor
+) -> dict[str, Any]:
+    """The in-LLM path of :func:`run`: one multi-panel PNG per image and the JSON of every stage."""
+    if args.hist:
+        raise ValueError("--hist draws the tower's class attention; an in-LLM reduction does not use it.")
+    reports = analyse_in_llm(model, tokenizer, pixels, image_processor, args.query, args.conv_mode)
+    pngs, json_path = output_paths(args)
+    grid = model.get_vision_tower().grid
+    records = []
+    for name, png, report in zip(args.image_file, pngs, reports):
+        png.parent.mkdir(parents=True, exist_ok=True)
+        draw_stages(report, grid, args.scale).save(png)
+        records.append(in_llm_record(name, png, report))
+    result = {
+        "model_path": args.model_path,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "reduction": model.token_reduction.to_dict(),
+        "query": args.query,
+        "images": records,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the tool; returns the exit status (0 ok, 2 user error)."""
     args = build_parser().parse_args(argv)
@@ -347,9 +705,23 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
-    for record in result["images"]:
+    for record in result.get("files", []):
+        print(f"{record['answers_file']}: N̄ mean {record['mean']:.1f} over {record['answers']} answers")
+    for record in result.get("images", []):
+        if "stages" in record:
+            kept = ", ".join(f"{s['kept_tokens']} from layer {s['layer']}" for s in record["stages"])
+            print(f"{record['image']}: N̄ {record['mean_visual_tokens']:.1f} ({kept}) -> {record['png']}")
+            continue
         print(
             f"{record['image']}: {record['kept_tokens']} visual tokens, {record['outliers']} outliers -> {record['png']}"
+        )
+    if "files" in result:
+        print(f"-> {result['png']}")
+    if "frames" in result:
+        per_frame = " ".join(str(record["kept_tokens"]) for record in result["frames"])
+        print(
+            f"{result['video']}: {len(result['frames'])} frames -> {result['visual_tokens']} visual tokens "
+            f"(per frame: {per_frame}) -> {result['png']}"
         )
     return 0
 

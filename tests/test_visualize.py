@@ -200,3 +200,80 @@ def test_module_runs_as_a_script(ckpt: Path, images: list[Path], tmp_path: Path)
     proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "visual tokens" in proc.stdout
+
+
+# --- in-LLM reductions: kept tokens per ATP stage; N̄ over answer files -------------------------------
+
+ATP_FLAGS = ["--token-reduction", "atp", "--reduction-atp-layers", "1,2"]
+GRID_9 = [r * 24 + c for r in range(0, 24, 8) for c in range(0, 24, 8)]  # the stride-8 grid, raster order
+
+
+def test_atp_draws_one_panel_per_insertion_layer(tiny_llava_3_layers_dir, images, tmp_path) -> None:
+    out = tmp_path / "atp.png"
+    argv = [
+        "--model-path",
+        str(tiny_llava_3_layers_dir),
+        "--image-file",
+        *map(str, images),
+        "--out",
+        str(out),
+    ]
+    argv += [
+        *ATP_FLAGS,
+        "--reduction-atp-redundancy-threshold",
+        "0.5",
+        "--reduction-atp-spatial-threshold",
+        "0.9",
+    ]
+    assert visualize.main(argv) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    for i, record in enumerate(result["images"]):
+        schedule, stages = record["visual_tokens_per_layer"], record["stages"]
+        assert [s["layer"] for s in stages] == [1, 2] and schedule[0] == 576
+        assert [s["kept_tokens"] for s in stages] == [len(s["indices"]) for s in stages] == schedule[1:]
+        assert set(stages[1]["indices"]) <= set(stages[0]["indices"]) <= set(range(576))  # none revived
+        assert set(GRID_9) <= set(stages[1]["indices"])  # theta_s = 0.9 keeps the stride-8 grid
+        assert record["mean_visual_tokens"] == pytest.approx(sum(schedule) / 3)
+        with Image.open(tmp_path / f"atp_{i}.png") as img:
+            panel = 336 * SCALE
+            title = visualize.TITLE_HEIGHT * SCALE
+            assert img.size == (2 * panel + 4 * SCALE, panel + title)
+            drawing = np.asarray(img.convert("RGB"))
+        # a patch the second stage dropped is at full brightness in panel 1 and dimmed in panel 2
+        dropped = next(p for p in stages[0]["indices"] if p not in stages[1]["indices"])
+        x, y = cell_centre(dropped)
+        cell = drawing[title + y - 8 : title + y + 8, x - 8 : x + 8].astype(float)
+        second = drawing[title + y - 8 : title + y + 8, panel + 4 * SCALE + x - 8 : panel + 4 * SCALE + x + 8]
+        assert second.mean() == pytest.approx(visualize.DIM * cell.mean(), abs=1.0)
+    assert result["query"] == "What is in the image?"
+
+
+def test_nbar_histogram_reads_answer_files(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    atp, pm = tmp_path / "atp.jsonl", tmp_path / "prumerge.jsonl"
+    atp.write_text(
+        "".join(
+            json.dumps({"question_id": i, "num_visual_tokens": 576, "mean_visual_tokens": 100.0 + 10 * i})
+            + "\n"
+            for i in range(5)
+        )
+        + json.dumps(
+            {"question_id": 9, "num_visual_tokens": 0, "mean_visual_tokens": 0.0}
+        )  # text only: left out
+        + "\n"
+    )
+    pm.write_text(
+        "".join(json.dumps({"question_id": i, "num_visual_tokens": 30 + i}) + "\n" for i in range(3))
+    )
+    out = tmp_path / "hist.png"
+    assert visualize.main(["--nbar-histogram", str(atp), str(pm), "--out", str(out)]) == 0
+    files = json.loads(out.with_suffix(".json").read_text())["files"]
+    assert [(f["field"], f["answers"], f["mean"]) for f in files] == [
+        ("mean_visual_tokens", 5, 120.0),
+        ("num_visual_tokens", 3, 31.0),
+    ]
+    with Image.open(out) as img:
+        assert img.width > 100 and img.height > 100
+    assert "N̄ mean 120.0 over 5 answers" in capsys.readouterr().out
+    assert visualize.main(["--nbar-histogram", str(tmp_path / "nope.jsonl")]) == 2
+    assert visualize.main(["--out", str(out)]) == 2  # neither a model nor answer files

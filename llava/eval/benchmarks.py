@@ -59,6 +59,9 @@ class Benchmark:
         server_scored: no local metric; ``metric`` is filled in by hand from the server's answer.
         table1: position among the PruMerge paper's Table 1 columns; ``None``: not a Table 1 column (the
             report shows it after those, and only when some row has it).
+        table3: position among the PruMerge paper's Table 3 columns (zero-shot video QA); the report shows
+            these in their own table, never among Table 1's.
+        second_metric: key of a second number shown after the headline (``"70.7 / 3.9"``), if any.
         prompt_suffix: the answer-format instruction each prompt ends with.
         suffix_flag: the runner flag that appends ``prompt_suffix``; ``None``: the question file's text
             already ends with it and the runner adds nothing.
@@ -80,6 +83,8 @@ class Benchmark:
     script: str | None = None
     server_scored: bool = False
     table1: int | None = None
+    table3: int | None = None
+    second_metric: str | None = None
     prompt_suffix: str = ""
     suffix_flag: str | None = None
     max_new_tokens: int = 128
@@ -165,6 +170,12 @@ def by_column(column: str) -> Benchmark | None:
 def table1_columns() -> tuple[str, ...]:
     """The columns of the paper's Table 1, in its order."""
     return tuple(b.column for b in benchmarks() if b.table1 is not None)
+
+
+def table3_columns() -> tuple[str, ...]:
+    """The columns of the paper's Table 3 (zero-shot video QA), in its order."""
+    listed = sorted((b for b in benchmarks() if b.table3 is not None), key=lambda b: b.table3)
+    return tuple(b.column for b in listed)
 
 
 def _number(value: Any) -> float | None:

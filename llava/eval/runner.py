@@ -14,7 +14,8 @@ Each runner turns its question file into a list of :class:`Question` and hands i
 - checks that every image file still to be read exists, before the model is loaded;
 - loads the model in ``--dtype`` (``auto``: float16 on CUDA, as upstream, float32 on CPU);
 - generates in batches of ``--batch-size`` with left padding (greedy at ``--temperature 0``) and appends
-  one JSON line per question, flushed after every batch.
+  one JSON line per question, flushed after every batch; with an in-LLM reduction (FastV, ATP) each line
+  also records the visual tokens of every decoder layer and their mean (:func:`layer_accounting`).
 
 Question ids need not be unique (MME asks two questions per image under one id): the answers file is
 matched against the questions as a multiset, occurrence by occurrence, in question order.
@@ -149,11 +150,13 @@ class AnswerFileState:
         return sum(self.answered.values())
 
 
-def read_answer_file(path: Path) -> AnswerFileState:
+def read_answer_file(path: Path, id_field: str = "question_id") -> AnswerFileState:
     """Reads the question ids of an answers file; a last line that is not JSON (a killed run) is dropped.
 
+    ``id_field`` is the key that holds the question id (``question_id``; the video runner writes ``id``).
+
     Raises:
-        ValueError: a line other than the last is not JSON, or a line has no ``question_id``.
+        ValueError: a line other than the last is not JSON, or a line has no ``id_field``.
     """
     if not path.exists():
         return AnswerFileState(Counter())
@@ -172,9 +175,9 @@ def read_answer_file(path: Path) -> AnswerFileState:
                     f"{path} line {lineno} is not JSON ({err}); the answers file is corrupt. "
                     "Delete that line (or the file) and rerun."
                 ) from err
-            if not isinstance(record, dict) or "question_id" not in record:
-                raise ValueError(f"{path} line {lineno} is not an answer line (no question_id).")
-            state.answered[id_key(record["question_id"])] += 1
+            if not isinstance(record, dict) or id_field not in record:
+                raise ValueError(f"{path} line {lineno} is not an answer line (no {id_field}).")
+            state.answered[id_key(record[id_field])] += 1
             state.needs_newline = last
         offset += len(raw) + (0 if last else 1)
         state.keep_bytes = offset
@@ -245,7 +248,7 @@ def settings_path(answers: Path) -> Path:
     return answers.with_name(answers.name + SETTINGS_SUFFIX)
 
 
-def _model_source(name: str | None) -> str | None:
+def model_source(name: str | None) -> str | None:
     """A local checkpoint as its absolute path (two ``checkpoint-500`` folders differ); a Hub id as given."""
     if name is None:
         return None
@@ -253,18 +256,20 @@ def _model_source(name: str | None) -> str | None:
     return str(local.resolve()) if local.exists() else name
 
 
-def requested_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+def requested_settings(
+    args: argparse.Namespace, device: str, not_settings: frozenset[str] = NOT_SETTINGS
+) -> dict[str, Any]:
     """Everything that decides the answers and is known before loading: model, base, dtype, options.
 
-    Every other command-line option counts (reduction flags, generation settings, prompt mode, ...), so a
-    new runner option is recorded without a change here. (Batched answers equal batch-1 answers, so the
-    batch size is not a setting.)
+    Every command-line option but ``not_settings`` counts (reduction flags, generation settings, prompt
+    mode, ...), so a new runner option is recorded without a change here. (Batched answers equal batch-1
+    answers, so the batch size is not a setting.)
     """
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in not_settings}
     dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     return {
-        "model_path": _model_source(args.model_path),
-        "model_base": _model_source(args.model_base),
+        "model_path": model_source(args.model_path),
+        "model_base": model_source(args.model_base),
         "dtype": dtype,
         "options": options,
     }
@@ -333,6 +338,57 @@ def write_settings(path: Path, settings: dict[str, Any]) -> None:
     os.replace(tmp, settings_path(path))
 
 
+@dataclass
+class ShardPlan:
+    """This process's shard of the questions, what its answers file holds, and what is left to answer.
+
+    Attributes:
+        path: the answers file.
+        shard: the shard's questions (see :func:`get_chunk`).
+        state: what the answers file already holds.
+        recorded: the settings recorded beside it (None: none recorded).
+        settings: the settings of this run (``reduction`` is added once the model is loaded).
+        pending: the shard's questions without an answer yet, in question order.
+    """
+
+    path: Path
+    shard: list[Question]
+    state: AnswerFileState
+    recorded: dict[str, Any] | None
+    settings: dict[str, Any]
+    pending: list[Question]
+
+
+def plan_shard(
+    args: argparse.Namespace,
+    questions: Sequence[Question],
+    device: str,
+    id_field: str = "question_id",
+    not_settings: frozenset[str] = NOT_SETTINGS,
+) -> ShardPlan:
+    """Takes this shard (``--num-chunks`` / ``--chunk-idx``) and checks ``--answers-file`` against it.
+
+    Raises:
+        ValueError: the answers file holds answers of other questions, or made with other settings.
+    """
+    shard = list(get_chunk(questions, args.num_chunks, args.chunk_idx))
+    path = Path(args.answers_file).expanduser()
+    state = read_answer_file(path, id_field)
+    check_answers_belong(state, shard, path)
+    recorded, settings = read_settings(path), requested_settings(args, device, not_settings)
+    check_same_settings(path, state, recorded, settings)
+    return ShardPlan(path, shard, state, recorded, settings, pending_questions(shard, state))
+
+
+def record_settings(plan: ShardPlan, **resolved: Any) -> None:
+    """Adds what the loaded model runs (``reduction=...`` and the like) to the settings, checks them against
+    the recorded ones once more, and writes them beside the answers file."""
+    plan.settings.update(resolved)
+    if plan.recorded is not None:
+        check_same_settings(plan.path, plan.state, plan.recorded, plan.settings)
+    write_settings(plan.path, plan.settings)
+
+
 def check_images_exist(questions: Iterable[Question]) -> None:
     """Fails on the first question whose image file is missing (before any model is loaded)."""
     for question in questions:
@@ -350,17 +406,36 @@ def check_images_exist(questions: Iterable[Question]) -> None:
 
 
 def build_parser(prog: str, description: str, max_new_tokens: int) -> argparse.ArgumentParser:
-    """The options every runner shares (upstream's spellings; ``--max-new-tokens`` etc. also accepted)."""
+    """The options every image runner shares (upstream's spellings; ``--max-new-tokens`` etc. also accepted)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--model-path", required=True, help="checkpoint folder or Hub id")
-    parser.add_argument(
-        "--model-base", default=None, help="base LLM, for LoRA and projector-only checkpoints"
-    )
+    add_model_args(parser)
     parser.add_argument("--question-file", required=True)
     parser.add_argument("--answers-file", required=True, help="JSON lines; resumed when it exists")
     parser.add_argument("--conv-mode", default="vicuna_v1", choices=sorted(conv_templates))
-    parser.add_argument("--num-chunks", type=int, default=1, help="number of shards (one per GPU)")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which shard this process answers")
+    add_run_args(parser, max_new_tokens)
+    return parser
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model-path`` and ``--model-base`` (also spelt with underscores, as upstream Video-LLaVA)."""
+    parser.add_argument("--model-path", "--model_path", dest="model_path", required=True, help="checkpoint")
+    parser.add_argument(
+        "--model-base",
+        "--model_base",
+        dest="model_base",
+        default=None,
+        help="base LLM, for LoRA and projector-only checkpoints",
+    )
+
+
+def add_run_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """Sharding, generation, batch, device, dtype and token-reduction options (every runner's)."""
+    parser.add_argument(
+        "--num-chunks", "--num_chunks", dest="num_chunks", type=int, default=1, help="shards (one per GPU)"
+    )
+    parser.add_argument(
+        "--chunk-idx", "--chunk_idx", dest="chunk_idx", type=int, default=0, help="this process's shard"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
     parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
@@ -373,7 +448,6 @@ def build_parser(prog: str, description: str, max_new_tokens: int) -> argparse.A
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_dtype_arg(parser)
     add_reduction_args(parser)
-    return parser
 
 
 def check_args(args: argparse.Namespace) -> str:
@@ -393,12 +467,16 @@ def run_main(
     argv: list[str] | None,
     parser: argparse.ArgumentParser,
     load_questions: Callable[[argparse.Namespace], list[Question]],
+    check: Callable[[argparse.Namespace], str] | None = None,
+    run: Callable[[argparse.Namespace, list[Question], str], Any] | None = None,
 ) -> int:
-    """Parses ``argv``, reads the questions and runs them; returns 0, or 2 after printing ``error: ...``."""
+    """Parses ``argv``, checks the arguments (``check``, default :func:`check_args`: returns the device),
+    reads the questions and runs them (``run``, default :func:`run_questions`); returns 0, or 2 after
+    printing ``error: ...``."""
     args = parser.parse_args(argv)
     try:
-        device = check_args(args)
-        run_questions(args, load_questions(args), device)
+        device = (check or check_args)(args)
+        (run or run_questions)(args, load_questions(args), device)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
@@ -446,13 +524,14 @@ def load_model(args: argparse.Namespace, device: str) -> Loaded:
 
 @torch.no_grad()
 def generate_batch(
-    loaded: Loaded, prompts: list[str], pixels: torch.Tensor, kwargs: dict[str, Any]
+    loaded: Loaded, prompts: list[str], pixels: torch.Tensor, kwargs: dict[str, Any], videos: bool = False
 ) -> tuple[list[str], list[int], list[bool]]:
     """Answers a batch of prompts.
 
     Args:
         prompts: B prompt strings; each ``<image>`` takes the next image of ``pixels``.
-        pixels: ``[I, 3, H, W]`` images in placeholder order (``I = 0`` for text-only batches).
+        pixels: ``[I, 3, H, W]`` images in placeholder order (``I = 0`` for text-only batches), or with
+            ``videos`` ``[V, 3, T, H, W]`` videos, T ``<image>`` placeholders each (Video-LLaVA's prompt).
         kwargs: ``generate`` arguments (see :func:`llava.prompting.generation_kwargs`).
 
     Returns:
@@ -461,11 +540,10 @@ def generate_batch(
     """
     tokenizer, model = loaded.tokenizer, loaded.model
     input_ids, mask = batch_prompt_ids(tokenizer, prompts)
+    pixels = pixels.to(device=model.device, dtype=model.dtype)
+    visual = {"videos": pixels} if videos else {"images": pixels}
     inputs = model.prepare_multimodal_inputs(
-        input_ids.to(model.device),
-        mask.to(model.device),
-        pixels.to(device=model.device, dtype=model.dtype),
-        padding_side="left",
+        input_ids.to(model.device), mask.to(model.device), padding_side="left", **visual
     )
     new_tokens = model.generate_spliced(inputs, **kwargs)
     texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -522,8 +600,15 @@ def prefetched(items: Iterable[T], prepare: Callable[[T], Any]) -> Iterator[Any]
             yield ahead.result()
 
 
-def answer_line(question: Question, text: str, model_name: str, num_visual_tokens: int) -> dict[str, Any]:
-    """The answer record: upstream's fields in upstream's order, plus ``num_visual_tokens``."""
+def answer_line(
+    question: Question,
+    text: str,
+    model_name: str,
+    num_visual_tokens: int,
+    accounting: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The answer record: upstream's fields in upstream's order, plus ``num_visual_tokens`` and, for an
+    in-LLM reduction, the ``accounting`` fields of :func:`layer_accounting`."""
     return {
         **question.head,
         "text": text,
@@ -532,7 +617,42 @@ def answer_line(question: Question, text: str, model_name: str, num_visual_token
         "model_id": model_name,
         "metadata": {},
         "num_visual_tokens": int(num_visual_tokens),
+        **(accounting or {}),
     }
+
+
+def layer_accounting(model: Any, counts: list[int]) -> list[dict[str, Any]]:
+    """The per-layer visual-token fields of each answer of the batch just generated.
+
+    With an in-LLM reduction (FastV, ATP) each sample gets ``visual_tokens_per_layer`` (its row of
+    ``model.visual_token_schedule()``: the visual tokens each decoder layer ran on in the prefill) and
+    ``mean_visual_tokens`` (N̄: their mean over all layers, the unpruned ones included). A batch that
+    pruned nothing (text only) gets its spliced counts in every layer. With ATP each sample also gets
+    ``atp_thresholds``: ``{insertion layer: [θ_r, θ_s]}``, the thresholds its modules predicted (or the
+    fixed ones). Other reductions get no fields: every layer runs on ``num_visual_tokens``.
+
+    Args:
+        model: the model that generated the batch (its last prefill is read).
+        counts: ``[B]`` visual tokens spliced into each prompt.
+    """
+    if not model.token_reduction.in_llm:
+        return [{} for _ in counts]
+    schedule = model.visual_token_schedule()  # [B * beams, num_layers] or None
+    if schedule is None:
+        rows = [[int(n)] * model.config.num_hidden_layers for n in counts]
+    else:
+        rows = schedule[:: schedule.shape[0] // len(counts)].tolist()  # beam search repeats each sample
+    fields = [
+        {"visual_tokens_per_layer": row, "mean_visual_tokens": round(sum(row) / len(row), 4)} for row in rows
+    ]
+    thresholds = model.pruning_thresholds() if schedule is not None else None  # ATP: {layer: [[θ_r, θ_s]]}
+    if thresholds:
+        step = len(next(iter(thresholds.values()))) // len(counts)
+        for i, sample in enumerate(fields):
+            sample["atp_thresholds"] = {
+                str(layer): [round(t, 6) for t in pairs[i * step]] for layer, pairs in thresholds.items()
+            }
+    return fields
 
 
 def run_questions(
@@ -545,22 +665,15 @@ def run_questions(
     """
     from tqdm import tqdm
 
-    shard = list(get_chunk(questions, args.num_chunks, args.chunk_idx))
-    path = Path(args.answers_file).expanduser()
-    state = read_answer_file(path)
-    check_answers_belong(state, shard, path)
-    recorded, settings = read_settings(path), requested_settings(args, device)
-    check_same_settings(path, state, recorded, settings)
-    pending = pending_questions(shard, state)
+    plan = plan_shard(args, questions, device)
+    path, shard, state, pending = plan.path, plan.shard, plan.state, plan.pending
     if not pending:
         print(f"[llava] {path}: all {len(shard)} questions already answered.", file=sys.stderr)
         return 0
     check_images_exist(pending)
     loaded = loaded or load_model(args, device)
-    settings["reduction"] = dict(loaded.model.config.mm_token_reduction or {"method": "none"})
-    if recorded is not None:  # the reduction the loaded model runs, resolved from the checkpoint and flags
-        check_same_settings(path, state, recorded, settings)
-    write_settings(path, settings)
+    # the reduction the loaded model runs, resolved from the checkpoint and flags
+    record_settings(plan, reduction=dict(loaded.model.config.mm_token_reduction or {"method": "none"}))
     kwargs = generation_kwargs(
         loaded.tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.num_beams
     )
@@ -570,10 +683,12 @@ def run_questions(
     with open_for_append(path, state) as handle, bar:
         for batch in prefetched(batches, lambda b: prepare_batch(b, loaded, args.conv_mode)):
             texts, counts, cut = generate_batch(loaded, batch.prompts, batch.pixels, kwargs)
-            for question, text, count, was_cut in zip(batch.questions, texts, counts, cut):
+            layers = layer_accounting(loaded.model, counts)
+            for question, text, count, was_cut, extra in zip(batch.questions, texts, counts, cut, layers):
                 if was_cut:
                     bar.write(f"warning: question_id {question.question_id!r} was cut at the context length")
-                handle.write(json.dumps(answer_line(question, text, loaded.model_name, count)) + "\n")
+                line = answer_line(question, text, loaded.model_name, count, extra)
+                handle.write(json.dumps(line) + "\n")
             handle.flush()
             images += len(batch.pixels)
             bar.update(len(batch.questions))

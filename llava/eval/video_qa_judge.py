@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llava.eval.benchmarks import Benchmark, register
+from llava.eval.eval_video_qa import BENCHMARKS
 from llava.eval.io import iter_numbered_jsonl, read_json, write_json, write_scores
 
 # The two messages of upstream eval_video_qa.py (docs/VideoQA.md), character for character:
@@ -451,24 +451,6 @@ def compute_metrics(replies: Iterable[Any]) -> dict[str, Any]:
         "score_sum": score_sum,
         "score_errors": score_errors,
     }
-
-
-# ---------------------------------------------------------------------------------------- declarations
-
-_COMMON = {
-    "metric": "accuracy_percent",
-    "metric_name": "LLM judge (Video-ChatGPT protocol): answers judged 'yes' / (judged 'yes' + judged 'no'), "
-    "x100; the average 0-5 score is 'average_score'",
-    "runner": "llava.eval.model_video_qa",
-    "scorer": "llava.eval.video_qa_judge",
-    "max_new_tokens": 1024,
-    "fixed_answers_stem": "merge",
-}
-#: One declaration per dataset of PruMerge Table 3 (not Table 1 columns).
-BENCHMARKS = {
-    dataset: register(Benchmark(name=f"{dataset}_qa", column=column, **_COMMON))
-    for dataset, column in (("msvd", "MSVD-QA"), ("msrvtt", "MSRVTT-QA"), ("activitynet", "ActivityNet-QA"))
-}
 
 
 def summarise(

@@ -11,6 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+#: The Llama fields of a llava-hf ``text_config`` that a LlavaConfig takes over (the vocabulary size and
+#: the pad id are the caller's choice: llava-hf's vocabulary adds its image token).
+LLAMA_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_parameters",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+)
+
 #: OpenAI CLIP's normalisation (``openai/clip-vit-large-patch14-336``'s ``preprocessor_config.json``).
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

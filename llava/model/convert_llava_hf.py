@@ -28,25 +28,8 @@ import torch
 from transformers import LlamaConfig, LlavaForConditionalGeneration
 from transformers import LlavaConfig as HFLlavaConfig
 
-from llava.model.checkpoint_format import llava_mm_fields, save_image_processor
+from llava.model.checkpoint_format import LLAMA_FIELDS, llava_mm_fields, save_image_processor
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-
-LLAMA_FIELDS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "rope_parameters",
-    "hidden_act",
-    "attention_bias",
-    "mlp_bias",
-    "tie_word_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-)
 
 
 def _text_config(config: LlavaConfig, vocab_size: int, pad_token_id: int) -> LlamaConfig:

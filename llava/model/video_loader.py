@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import CLIPVisionConfig
 
+from llava.model import checkpoint_format
 from llava.model.configuration_llava_video import LlavaVideoConfig
 from llava.model.language_model.llava_video import LlavaVideoForCausalLM
 from llava.model.loader import (
@@ -43,24 +44,7 @@ VIDEO_SOURCES = ("original", "hf", "ours")
 ORIGINAL_MODEL_TYPE = "llava"
 HF_MODEL_TYPE = "video_llava"
 #: Llama fields read from the -hf ``text_config``.
-LLAMA_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-    "rms_norm_eps",
-    "rope_parameters",
-    "hidden_act",
-    "attention_bias",
-    "mlp_bias",
-    "tie_word_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-)
+LLAMA_FIELDS = ("vocab_size", *checkpoint_format.LLAMA_FIELDS, "pad_token_id")
 #: -hf projector layer → ours (``mm_projector.0`` / ``.2``, the GELU is ``.1``).
 PROJECTOR_LAYERS = {"linear_1": "0", "linear_2": "2"}
 #: Room for 8 frames x 257 tokens plus the question (the spliced prompt is cut to this many tokens).

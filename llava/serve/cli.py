@@ -1,4 +1,5 @@
-"""Chat with a LLaVA-1.5 checkpoint about one image, in the terminal (upstream's ``llava.serve.cli``).
+"""Chat with a LLaVA-1.5 checkpoint about one image, or a Video-LLaVA one about a video, in the terminal
+(upstream's ``llava.serve.cli``).
 
 Interactive (no ``--query``): type a message after ``USER:``; the image goes with the first message and
 every answer stays in the conversation, so later questions can refer to earlier ones. An empty line,
@@ -15,8 +16,20 @@ Before the first answer one line reports how many visual tokens the image kept, 
 checkpoint's own unless a ``--token-reduction`` / ``--reduction-*`` flag changes part of it.
 ``--dtype`` picks the precision (``auto``: float16 on CUDA, float32 on CPU; see :mod:`llava.dtypes`).
 
-User mistakes (a missing image, an unknown reducer, a LoRA folder without ``--model-base`` ...) print
-``error: ...`` to stderr and exit with status 2.
+A video (``--video-file``: a video file, a folder of frame images or a ``.npy`` array, read as
+:func:`llava.video.load_video` reads it) needs a Video-LLaVA checkpoint (recognised by its ``config.json``);
+its 8 frames go with the first message, under Video-LLaVA's ``llava_v1`` template, and before the chat one
+line reports the tokens of the whole video and of each frame, e.g.
+``[llava] video: 8 frames x 3 x 224 x 224 -> 272 visual tokens (prumerge/reference/budget=33); per frame:
+34 34 34 34 34 34 34 34``. The ``--video-*`` / ``--iqr-scope`` / ``--drop-cls`` flags set the video
+options (see docs/Video.md)::
+
+    python -m llava.serve.cli --model-path Video-LLaVA-7B --video-tower LanguageBind_Video_merge \\
+        --video-file clip.mp4 --token-reduction prumerge
+
+User mistakes (a missing image or video, an unknown reducer, a LoRA folder without ``--model-base``, a
+video for an image checkpoint or an image for a video one ...) print ``error: ...`` to stderr and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -33,7 +46,24 @@ from llava.dtypes import add_dtype_arg, resolve_dtype
 from llava.mm_utils import get_model_name_from_path, load_image, process_images
 from llava.model.token_reduction.args import add_reduction_args, reduction_changes
 from llava.model.token_reduction.config import ReductionConfig
-from llava.prompting import check_generation_args, conversation_ids, generation_kwargs, with_image
+from llava.prompting import (
+    VIDEO_CONV_MODE,
+    check_generation_args,
+    conversation_ids,
+    generation_kwargs,
+    with_image,
+)
+from llava.serve.video import (
+    VIDEO_SOURCES_HELP,
+    FrameTokens,
+    add_video_args,
+    check_media,
+    describe_video,
+    frame_tokens,
+    load_video_model,
+    read_video,
+    video_pixels,
+)
 
 EXIT_WORDS = ("exit", "quit")
 USAGE_ERROR = 2
@@ -47,25 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options (upstream's plus the token-reduction overrides)."""
     parser = argparse.ArgumentParser(
         prog="python -m llava.serve.cli",
-        description="Chat with a LLaVA-1.5 (+ PruMerge) checkpoint about one image.",
+        description="Chat with a LLaVA-1.5 (+ PruMerge) checkpoint about one image, or a Video-LLaVA one about a video.",
     )
     parser.add_argument("--model-path", required=True, help="checkpoint folder or Hub id")
     parser.add_argument(
         "--model-base", default=None, help="base LLM, for LoRA and projector-only checkpoints"
     )
-    parser.add_argument("--image-file", required=True, help="image file or http(s) URL")
+    media = parser.add_mutually_exclusive_group(required=True)
+    media.add_argument("--image-file", help="image file or http(s) URL")
+    media.add_argument("--video-file", help=f"for a Video-LLaVA checkpoint: {VIDEO_SOURCES_HELP}")
     parser.add_argument("--query", default=None, help="ask this one question, print the answer and exit")
     parser.add_argument(
         "--conv-mode",
         default=None,
         choices=sorted(conv_templates),
-        help="conversation template (default: chosen from the model name, as upstream)",
+        help=f"conversation template (default: {VIDEO_CONV_MODE} for videos, else chosen from the model name)",
     )
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_dtype_arg(parser)
     add_reduction_args(parser)
+    add_video_args(parser)
     return parser
 
 
@@ -77,22 +110,37 @@ def describe_image(pixels: torch.Tensor, num_tokens: int, reduction: ReductionCo
 
 @dataclass
 class ChatSession:
-    """A loaded model, one preprocessed image and the conversation so far."""
+    """A loaded model, one preprocessed image or video and the conversation so far.
+
+    ``frames`` is set for a video: what the tower kept of each frame (read once, when the session opens).
+    """
 
     tokenizer: Any
     model: Any
-    pixels: torch.Tensor  # [1, 3, H, W], on the model's device and in its dtype
+    pixels: torch.Tensor  # [1, 3, H, W] image or [1, 3, T, S, S] video, on the model's device and dtype
     conv: Conversation
     reduction: ReductionConfig
     context_len: int
     temperature: float = 0.2
     max_new_tokens: int = 512
     reported: bool = False
+    frames: FrameTokens | None = None
+
+    def report(self, num_visual_tokens: int | None = None) -> None:
+        """Prints the visual-token line once (for an image, ``num_visual_tokens`` from the spliced prompt)."""
+        if self.reported:
+            return
+        if self.frames is not None:
+            print(describe_video(self.pixels, self.frames, self.reduction), flush=True)
+        else:
+            print(describe_image(self.pixels, int(num_visual_tokens), self.reduction), flush=True)
+        self.reported = True
 
     def ask(self, text: str, streamer: Any = None) -> str:
         """Adds ``text`` as the user's turn, generates the answer, records it and returns it (stripped).
 
-        The image goes with the first message. Prints the visual-token line before the first answer.
+        The image (or video: one ``<image>`` placeholder that its frames' tokens replace, one after the
+        other) goes with the first message. Prints the visual-token line before the first answer.
         """
         first = not self.conv.messages
         self.conv.append_message(self.conv.roles[0], with_image(text, first))
@@ -102,9 +150,7 @@ class ChatSession:
         except ConversationTooLong:
             del self.conv.messages[-2:]
             raise
-        if not self.reported:
-            print(describe_image(self.pixels, int(inputs.num_visual_tokens[0]), self.reduction), flush=True)
-            self.reported = True
+        self.report(int(inputs.num_visual_tokens[0]))
         kwargs = generation_kwargs(self.tokenizer, max_new_tokens, self.temperature)
         new_tokens = self.model.generate_spliced(inputs, streamer=streamer, **kwargs)
         answer = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
@@ -114,9 +160,10 @@ class ChatSession:
     def _spliced_prompt(self) -> tuple[Any, int]:
         """The conversation's prompt with the image spliced in, and the new tokens it leaves room for."""
         input_ids = conversation_ids(self.conv, self.tokenizer)[None].to(self.model.device)
+        media = {"images": self.pixels} if self.frames is None else {"videos": self.pixels}
         with torch.no_grad():
             inputs = self.model.prepare_multimodal_inputs(
-                input_ids, torch.ones_like(input_ids), self.pixels, padding_side="left"
+                input_ids, torch.ones_like(input_ids), padding_side="left", **media
             )
         room = self.context_len - inputs.inputs_embeds.shape[1]
         if bool(inputs.truncated.any()) or room < 1:
@@ -128,16 +175,21 @@ class ChatSession:
 
 
 def open_session(args: argparse.Namespace) -> ChatSession:
-    """Checks the options, reads the image, loads the model (and reduction) and starts a conversation.
+    """Checks the options, reads the image or video, loads the model (and reduction), starts a conversation.
 
     Raises:
-        ValueError, OSError: user mistakes (bad option, missing image or checkpoint, LoRA without base).
+        ValueError, OSError: user mistakes (bad option, missing image, video or checkpoint, LoRA without
+        base, a video for an image checkpoint or the reverse).
+        ImportError: no decoder installed for a video file.
     """
     from llava.model.loader import load_pretrained_model
 
     device = check_generation_args(args)
+    if args.video_file is not None:
+        return open_video_session(args, device)
     conv = get_conv_template(args.conv_mode or conv_mode_for_model(get_model_name_from_path(args.model_path)))
     image = load_image(args.image_file)  # before the (slow) model load, so a typo fails at once
+    check_media(args.model_path, video=False)
     tokenizer, model, image_processor, context_len = load_pretrained_model(
         args.model_path,
         args.model_base,
@@ -156,6 +208,30 @@ def open_session(args: argparse.Namespace) -> ChatSession:
         context_len=int(context_len),
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
+    )
+
+
+def open_video_session(args: argparse.Namespace, device: str) -> ChatSession:
+    """:func:`open_session` for ``--video-file``: a Video-LLaVA checkpoint and the video's frames."""
+    if args.model_base is not None:
+        raise ValueError("--model-base is for LoRA and projector-only image checkpoints, not Video-LLaVA.")
+    frames = read_video(args.video_file)  # before the (slow) model load, so a bad video fails at once
+    check_media(args.model_path, video=True)
+    tokenizer, model, _, context_len = load_video_model(args, device, resolve_dtype(args.dtype, device))
+    tower = model.get_video_tower()
+    if len(frames) != tower.num_frames:
+        frames = read_video(args.video_file, tower.num_frames)
+    pixels = video_pixels(frames, tower).to(dtype=model.dtype)
+    return ChatSession(
+        tokenizer=tokenizer,
+        model=model,
+        pixels=pixels,
+        conv=get_conv_template(args.conv_mode or VIDEO_CONV_MODE),
+        reduction=model.video_reduction,
+        context_len=int(context_len),
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        frames=frame_tokens(tower, pixels),
     )
 
 
@@ -220,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         session = open_session(args)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
         return fail(err)
+    if session.frames is not None:
+        session.report()  # a video's counts are known before the first question
     try:
         if args.query is None:
             return chat(session)

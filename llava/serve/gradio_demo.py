@@ -13,6 +13,14 @@ one the demo started with (the checkpoint's own, changed by any ``--token-reduct
 ``--reduction-*`` flag). Each question is a fresh one-turn conversation. ``--dtype`` picks the precision
 (``auto``: float16 on CUDA, float32 on CPU).
 
+A Video-LLaVA checkpoint (recognised by its ``config.json``) gets a video input instead (a video file
+that PyAV or decord can read); the answer comes with a strip of the 8 frames as the video tower sees them,
+each with its kept patches bright, and the tokens of the video and of each frame. The ``--video-*`` /
+``--iqr-scope`` / ``--drop-cls`` flags set the video options (see docs/Video.md)::
+
+    python -m llava.serve.gradio_demo --model-path Video-LLaVA-7B --video-tower LanguageBind_Video_merge \\
+        --token-reduction prumerge
+
 Gradio is optional and imported only here; without it the demo exits with an install hint.
 """
 
@@ -37,11 +45,28 @@ from llava.model.token_reduction.args import (
     reduction_changes,
 )
 from llava.model.token_reduction.config import ReductionConfig
-from llava.prompting import check_generation_args, generation_kwargs, prompt_ids
+from llava.model.token_reduction.registry import get_reducer
+from llava.prompting import (
+    VIDEO_CONV_MODE,
+    check_generation_args,
+    generation_kwargs,
+    prompt_ids,
+    video_prompt_ids,
+)
+from llava.serve.video import (
+    add_video_args,
+    frame_tokens,
+    load_video_model,
+    read_video,
+    video_layout,
+    video_pixels,
+    video_views,
+)
 
 CHECKPOINT = "checkpoint"
 INSTALL_HINT = 'The web demo needs Gradio: pip install "llava-prumerge[demo]"'
 DIM = 0.3  # brightness of the patches whose tokens were dropped
+FRAME_GAP = 4  # pixels between the frames of a video's strip
 
 
 def import_gradio() -> Any:
@@ -90,9 +115,20 @@ def tower_view(image: Image.Image, image_processor: Any, size: int, aspect_ratio
     return image.resize((size, size), Image.Resampling.BICUBIC)
 
 
+def frame_strip(frames: list[Image.Image], gap: int = FRAME_GAP) -> Image.Image:
+    """The frames side by side on white, ``gap`` pixels apart."""
+    width = sum(frame.width for frame in frames) + gap * (len(frames) - 1)
+    strip = Image.new("RGB", (width, max(frame.height for frame in frames)), (255, 255, 255))
+    x = 0
+    for frame in frames:
+        strip.paste(frame, (x, 0))
+        x += frame.width + gap
+    return strip
+
+
 @dataclass
 class DemoModel:
-    """A loaded checkpoint and the settings every question uses."""
+    """A loaded checkpoint and the settings every question uses (``video``: a Video-LLaVA checkpoint)."""
 
     tokenizer: Any
     model: Any
@@ -102,6 +138,7 @@ class DemoModel:
     conv_mode: str
     temperature: float = 0.2
     max_new_tokens: int = 512
+    video: bool = False
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()  # the reducer is model state: one question at a time
@@ -160,6 +197,62 @@ class DemoModel:
         overlay = kept_overlay(view, out.indices[0], tower.grid)
         return text or "(empty answer)", overlay, count_text(count, tower.num_patches, config)
 
+    def answer_video(
+        self,
+        video: str | None,
+        question: str,
+        reduction: str | None = CHECKPOINT,
+        budget: int | None = None,
+    ) -> tuple[str, Image.Image, str]:
+        """Answers ``question`` about the video file ``video`` with the chosen reducer (run on each frame).
+
+        Returns:
+            ``(answer text, strip of the frames with the kept patches bright, visual-token count text)``.
+
+        Raises:
+            ValueError: no video or an unreadable one, an empty question, an invalid reduction or a prompt
+            that does not fit.
+        """
+        if not video:
+            raise ValueError("Upload a video first.")
+        if not question or not question.strip():
+            raise ValueError("Type a question about the video.")
+        config = self.reduction_for(reduction, budget)
+        try:
+            frames = read_video(video, self.model.get_video_tower().num_frames)
+        except (OSError, ImportError) as err:
+            raise ValueError(str(err)) from err
+        with self.lock, torch.no_grad():
+            resolved = self.model.set_token_reduction(config)
+            return self._answer_video(frames, question.strip(), resolved)
+
+    def _answer_video(
+        self, frames: Any, question: str, reduction: ReductionConfig
+    ) -> tuple[str, Image.Image, str]:
+        """``answer_video`` once the reducer is set (the caller holds the lock)."""
+        model, tower = self.model, self.model.get_video_tower()
+        pixels = video_pixels(frames, tower).to(dtype=model.dtype)  # [1, 3, T, S, S]
+        tokens = frame_tokens(tower, pixels)
+        input_ids = video_prompt_ids(self.tokenizer, question, tower.num_frames, self.conv_mode)[None]
+        input_ids = input_ids.to(model.device)
+        room = self.context_len - (input_ids.shape[1] - tower.num_frames + tokens.total)
+        if room < 1:
+            raise ValueError(f"The prompt does not fit in the model's context of {self.context_len} tokens.")
+        spliced = model.prepare_multimodal_inputs(input_ids, None, videos=pixels, padding_side="left")
+        kwargs = generation_kwargs(self.tokenizer, min(self.max_new_tokens, room), self.temperature)
+        new_tokens = model.generate_spliced(spliced, **kwargs)
+        text = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
+        views = [Image.fromarray(view) for view in video_views(pixels)]
+        strip = frame_strip(
+            [kept_overlay(v, torch.tensor(k), tower.grid) for v, k in zip(views, tokens.kept)]
+        )
+        everything = tower.num_frames * (tower.num_patches + int(tower.keep_cls))
+        per_frame = " ".join(str(n) for n in tokens.counts)
+        count = (
+            f"{tokens.total} / {everything} visual tokens ({reduction.describe()}); per frame: {per_frame}"
+        )
+        return text or "(empty answer)", strip, count
+
     def _prompt_ids(self, question: str) -> torch.Tensor:
         """``[1, T]`` token ids of a one-turn prompt with the image marker before the question."""
         ids = prompt_ids(self.tokenizer, question, self.conv_mode, image=True)
@@ -192,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860)
     add_reduction_args(parser)
+    add_video_args(parser)
     return parser
 
 
@@ -200,6 +294,8 @@ def load_demo_model(args: argparse.Namespace) -> DemoModel:
     from llava.model.loader import load_pretrained_model
 
     device = check_generation_args(args)
+    if video_layout(args.model_path) is not None:
+        return load_video_demo_model(args, device)
     tokenizer, model, image_processor, context_len = load_pretrained_model(
         args.model_path,
         args.model_base,
@@ -220,26 +316,55 @@ def load_demo_model(args: argparse.Namespace) -> DemoModel:
     )
 
 
-def build_app(demo_model: DemoModel, gr: Any | None = None) -> Any:
-    """The Gradio ``Blocks`` app around ``demo_model.answer`` (not launched)."""
+def load_video_demo_model(args: argparse.Namespace, device: str) -> DemoModel:
+    """:func:`load_demo_model` for a Video-LLaVA checkpoint (with the ``--video-*`` options)."""
+    if args.model_base is not None:
+        raise ValueError("--model-base is for LoRA and projector-only image checkpoints, not Video-LLaVA.")
+    tokenizer, model, _, context_len = load_video_model(args, device, resolve_dtype(args.dtype, device))
+    return DemoModel(
+        tokenizer=tokenizer,
+        model=model,
+        image_processor=None,
+        context_len=int(context_len),
+        default_reduction=ReductionConfig.from_value(model.config.mm_token_reduction),
+        conv_mode=args.conv_mode or VIDEO_CONV_MODE,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        video=True,
+    )
+
+
+def reducer_choices(video: bool) -> list[str]:
+    """The dropdown's reducers: all of them, or for videos those that run in the tower (not FastV, ATP)."""
     from llava.model import available_reducers
 
-    gr = gr or import_gradio()
+    names = available_reducers()
+    return [name for name in names if not get_reducer(name).in_llm] if video else names
 
-    def on_ask(image, question, reduction, budget):
+
+def build_app(demo_model: DemoModel, gr: Any | None = None) -> Any:
+    """The Gradio ``Blocks`` app around ``demo_model.answer`` (``answer_video`` for a video model; not launched)."""
+    gr = gr or import_gradio()
+    answer_fn = demo_model.answer_video if demo_model.video else demo_model.answer
+    name, what = ("Video-LLaVA", "a video") if demo_model.video else ("LLaVA-1.5", "an image")
+
+    def on_ask(media, question, reduction, budget):
         try:
-            return demo_model.answer(image, question, reduction, int(budget or 0))
+            return answer_fn(media, question, reduction, int(budget or 0))
         except ValueError as err:
             raise gr.Error(str(err)) from err
 
-    with gr.Blocks(title="LLaVA-1.5 + PruMerge") as app:
-        gr.Markdown("## LLaVA-1.5 + PruMerge\nUpload an image, ask a question; dimmed patches were dropped.")
+    with gr.Blocks(title=f"{name} + PruMerge") as app:
+        gr.Markdown(f"## {name} + PruMerge\nUpload {what}, ask a question; dimmed patches were dropped.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", elem_id="image")
+                if demo_model.video:  # a file path; include_audio keeps Gradio from re-encoding with ffmpeg
+                    media = gr.Video(label="Video", elem_id="video", sources=["upload"], include_audio=True)
+                else:
+                    media = gr.Image(type="pil", label="Image", elem_id="image")
                 question = gr.Textbox(label="Question", elem_id="question", lines=2)
                 reduction = gr.Dropdown(
-                    [CHECKPOINT, *available_reducers()],
+                    [CHECKPOINT, *reducer_choices(demo_model.video)],
                     value=CHECKPOINT,
                     label="Token reduction",
                     info=f"{CHECKPOINT} = {demo_model.default_reduction.describe()}",
@@ -255,7 +380,7 @@ def build_app(demo_model: DemoModel, gr: Any | None = None) -> Any:
                     type="pil", label="Kept visual tokens", elem_id="overlay", interactive=False
                 )
                 count = gr.Textbox(label="Visual tokens", elem_id="count", interactive=False)
-        inputs = [image, question, reduction, budget]
+        inputs = [media, question, reduction, budget]
         ask.click(on_ask, inputs, [answer, overlay, count])
         question.submit(on_ask, inputs, [answer, overlay, count])
     return app

@@ -62,7 +62,7 @@ def rows_by_key(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_json_layout(tiny_run: tuple[dict[str, Any], Path]) -> None:
     results, out = tiny_run
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
-    assert set(results) >= {"machine", "config", "rows", "total_runtime_s"}
+    assert set(results) >= {"machine", "config", "rows", "video_rows", "total_runtime_s"}
     assert "load_average_1_5_15min" in results["machine"] and results["machine"]["device"] == "cpu"
     cfg = results["config"]
     assert cfg["llm_layers"] == cfg["llm_layers_full"] == 2
@@ -88,6 +88,42 @@ def test_visual_tokens(tiny_run: tuple[dict[str, Any], Path]) -> None:
     for row in rows.values():
         assert row["prefill_text_tokens"] == TEXT_TOKENS
         assert row["prefill_tokens"] == row["prefill_visual_tokens"] + TEXT_TOKENS
+
+
+def test_video_case_runs_2056_tokens_and_the_per_frame_reductions(
+    tiny_run: tuple[dict[str, Any], Path],
+) -> None:
+    results = tiny_run[0]
+    video = results["config"]["video"]
+    assert (video["frames"], video["grid"], video["visual_tokens_full"]) == (8, [16, 16], 2056)
+    assert "synthetic" in video["inputs"] and any("SYNTHETIC" in note for note in results["config"]["notes"])
+    rows = {row["key"]: row for row in results["video_rows"]}
+    assert list(rows) == ["none", "prumerge", "prumerge_plus"]
+    # Video-LLaVA-7B: 8 frames x (CLS + 256 patches); PruMerge 8 x (1 + 33) = 272; PruMerge+ at most 8 x (1 + 65)
+    assert rows["none"]["visual_tokens"] == 2056 and rows["none"]["visual_tokens_per_frame"] == [257] * 8
+    assert (
+        rows["prumerge"]["visual_tokens"] == 272 and rows["prumerge"]["visual_tokens_per_frame"] == [34] * 8
+    )
+    assert rows["prumerge"]["mm_token_reduction"]["budget"] == 33
+    plus = rows["prumerge_plus"]
+    assert plus["mm_token_reduction"]["form"] == "fixed"
+    assert 272 < plus["visual_tokens"] <= 528 and all(34 < n <= 66 for n in plus["visual_tokens_per_frame"])
+    assert plus["visual_tokens"] == sum(plus["visual_tokens_per_frame"])
+    for row in rows.values():
+        assert row["frames"] == 8 and row["visual_tokens_full"] == 2056
+        assert row["prefill_tokens"] == row["visual_tokens"] + TEXT_TOKENS
+        assert row["prefill_ms"] > 0 and len(row["prefill_ms_all"]) == 2 and row["peak_memory_mib"] > 0
+        assert row["analytical"]["visual_tokens"] == row["visual_tokens"]
+    gflop = {key: row["analytical"]["measured_llm_prefill_gflop"] for key, row in rows.items()}
+    assert gflop["none"] > gflop["prumerge_plus"] > gflop["prumerge"]
+    assert "Video: 8 frames x 257 tokens" in bench_e2e.format_table(results)
+
+
+def test_video_only_run_has_its_own_file() -> None:
+    args = bench_e2e.parse_args(["--cases", "video"])
+    assert args.cases == ["video"] and args.out.name == "cpu_video.json"
+    assert bench_e2e.parse_args(["--cases", "video", "image"]).cases == ["image", "video"]
+    assert bench_e2e.video_prompt([1, 5, bench_e2e.IMAGE_TOKEN_INDEX, 7], 3) == [1, 5, *[-200] * 3, 7]
 
 
 def test_timings_and_generation(tiny_run: tuple[dict[str, Any], Path]) -> None:
@@ -180,7 +216,7 @@ def test_gpu_names_and_roofline_device() -> None:
 def test_cpu_defaults() -> None:
     args = bench_e2e.parse_args([])
     assert (args.shape, args.dtype, args.llm_layers, args.batch_sizes) == ("7b", "float32", 1, [1, 4])
-    assert args.out.name == "cpu.json" and args.overhead_batch == 4
+    assert args.out.name == "cpu.json" and args.overhead_batch == 4 and args.cases == ["image", "video"]
     assert args.methods == [
         "none",
         "prumerge",

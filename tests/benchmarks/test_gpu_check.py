@@ -29,7 +29,7 @@ def test_the_smoke_run_passes_every_section(smoke):
     results, process = smoke
     assert process.returncode == 0, (results["problems"], process.stdout[-3000:])
     assert results["problems"] == [] and results["smoke"] is True
-    assert set(results["sections"]) == {"inference", "fastv_sdpa", "lora_zero2", "bench_e2e"}
+    assert set(results["sections"]) == {"inference", "fastv_sdpa", "lora_zero2", "bench_e2e", "bench_atp"}
     assert all(section["ok"] for section in results["sections"].values())
 
 
@@ -59,3 +59,12 @@ def test_zero2_lora_steps_and_the_benchmark_ran(smoke):
     assert lora["adapter_saved"]
     rows = json.loads(Path(bench["json"]).read_text())["rows"]
     assert {row["key"] for row in rows} >= {"none", "prumerge", "prumerge_plus"}
+    assert bench["video_visual_tokens"]["none"] == 2056 and bench["video_visual_tokens"]["prumerge"] == 272
+
+
+def test_the_atp_benchmark_ran(smoke):
+    atp = smoke[0]["sections"]["bench_atp"]
+    assert atp["returncode"] == 0 and atp["json"]
+    n_bar = atp["mean_visual_tokens"]
+    assert set(n_bar) == {"none@None", "atp_keep_all@None", "atp@144.0", "fastv@144.0", "prumerge@144.0"}
+    assert n_bar["none@None"] == 576 and abs(n_bar["prumerge@144.0"] - n_bar["atp@144.0"]) <= 0.5

@@ -127,12 +127,21 @@ PY
 }
 
 # run_sharded MODULE QUESTIONS CHUNK_DIR MERGED [runner flags...]
-# Runs CHUNKS background processes of `python -m MODULE` (chunk i on GPU GPULIST[i]; answers
-# CHUNK_DIR/${CHUNKS}_${i}.jsonl, resumed by the runner when present), waits for all, fails if any
-# failed, then concatenates the chunk files in index order into MERGED.
+# The image runners' run_chunks: greedy, vicuna_v1, BATCH_SIZE, on the question file QUESTIONS.
 run_sharded() {
     local module=$1 questions=$2 chunk_dir=$3 merged=$4
     shift 4
+    run_chunks "$module" "$chunk_dir" "$merged" --question-file "$questions" \
+        --temperature 0 --conv-mode vicuna_v1 --batch-size "$BATCH_SIZE" "$@"
+}
+
+# run_chunks MODULE CHUNK_DIR MERGED [runner flags...]
+# Runs CHUNKS background processes of `python -m MODULE` (chunk i on GPU GPULIST[i]; answers
+# CHUNK_DIR/${CHUNKS}_${i}.jsonl, resumed by the runner when present), waits for all, fails if any
+# failed, then concatenates the chunk files in index order into MERGED.
+run_chunks() {
+    local module=$1 chunk_dir=$2 merged=$3
+    shift 3
     mkdir -p "$chunk_dir" "$(dirname "$merged")"
     local -a pids=()
     local idx gpu
@@ -140,10 +149,8 @@ run_sharded() {
         gpu=""
         ((${#GPULIST[@]})) && gpu=${GPULIST[idx % ${#GPULIST[@]}]}
         CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" -m "$module" "${MODEL_ARGS[@]}" \
-            --question-file "$questions" \
             --answers-file "$chunk_dir/${CHUNKS}_${idx}.jsonl" \
             --num-chunks "$CHUNKS" --chunk-idx "$idx" \
-            --temperature 0 --conv-mode vicuna_v1 --batch-size "$BATCH_SIZE" \
             "$@" "${EXTRA[@]}" &
         pids+=($!)
     done
