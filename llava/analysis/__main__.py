@@ -58,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--visual-tokens", type=int, nargs="+", help="explicit visual-token counts (override --reduction)"
     )
+    _add_schedule_args(p)
+    p.add_argument("--text-tokens", type=int, default=40, help="text tokens in the prompt (default 40)")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument(
+        "--convention",
+        default="exact",
+        choices=CONVENTIONS,
+        help="operator counting: 'exact' charges the SwiGLU activation on the MLP width; 'llm-viewer' on the "
+        "hidden width, as LLM-Viewer (and PruMerge's Table 2) does",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per configuration")
+    return p
+
+
+def _add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """Per-layer schedules (ATP, FastV) and the video shape."""
     p.add_argument(
         "--schedule",
         nargs="+",
@@ -89,17 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=257,
         help="tokens per frame with --frames, CLS included (default 257: 16 x 16 patches + CLS)",
     )
-    p.add_argument("--text-tokens", type=int, default=40, help="text tokens in the prompt (default 40)")
-    p.add_argument("--batch", type=int, default=1, help="batch size")
-    p.add_argument(
-        "--convention",
-        default="exact",
-        choices=CONVENTIONS,
-        help="operator counting: 'exact' charges the SwiGLU activation on the MLP width; 'llm-viewer' on the "
-        "hidden width, as LLM-Viewer (and PruMerge's Table 2) does",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object per configuration")
-    return p
 
 
 def _configs(args: argparse.Namespace, layers: int) -> list[tuple[str, int, list[int] | None]]:

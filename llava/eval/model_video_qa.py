@@ -61,7 +61,7 @@ from llava.eval.runner import (
     require_fields,
     run_main,
 )
-from llava.model.token_reduction.args import apply_changes, reduction_changes
+from llava.model.token_reduction.args import reduction_changes
 from llava.model.video_args import (
     add_video_input_args,
     add_video_model_args,
@@ -279,11 +279,12 @@ def load_model(args: argparse.Namespace, device: str) -> Loaded:
 
     dtype = resolve_dtype(args.dtype, device)
     tokenizer, model, _, _ = load_video_llava(
-        args.model_path, device=device, dtype=dtype, **video_load_kwargs(args)
+        args.model_path,
+        device=device,
+        dtype=dtype,
+        reduction_changes=reduction_changes(args),
+        **video_load_kwargs(args),
     )
-    changes = reduction_changes(args)
-    if changes:
-        model.set_token_reduction(apply_changes(model.token_reduction, changes))
     if args.num_frames is not None and args.num_frames != model.config.video_num_frames:
         raise ValueError(
             f"--num-frames {args.num_frames}, but the checkpoint takes {model.config.video_num_frames} frames."

@@ -36,6 +36,7 @@ from llava.model.loader import (
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
 from llava.model.multimodal_encoder.languagebind_video import LanguageBindVideoConfig
 from llava.model.token_reduction import ReductionConfig
+from llava.model.token_reduction.args import apply_changes
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,16 @@ def video_checkpoint_layout(folder: Path) -> str:
     )
 
 
+def _checked_layout(folder: Path, source: str | None) -> str:
+    """The folder's layout; raises when ``source`` names another (or no) layout."""
+    layout = video_checkpoint_layout(folder)
+    if source is not None and source != layout:
+        if source not in VIDEO_SOURCES:
+            raise ValueError(f"source must be one of {VIDEO_SOURCES}, got {source!r}.")
+        raise ValueError(f"{folder} is a Video-LLaVA checkpoint in the {layout!r} layout, not {source!r}.")
+    return layout
+
+
 def load_video_llava(
     model_path: str,
     source: str | None = None,
@@ -96,6 +107,7 @@ def load_video_llava(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     attn_implementation: str | None = None,
+    reduction_changes: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Loads a Video-LLaVA checkpoint of any layout (module docstring) as a :class:`LlavaVideoForCausalLM`.
 
@@ -109,6 +121,8 @@ def load_video_llava(
         token_reduction: the reduction (method name, dict or config); default: the checkpoint's, else none.
         reduction_form, iqr_scope, keep_cls: the video options (``LlavaVideoConfig``'s fields).
         device, dtype: default CUDA / float16 when available, else CPU / float32.
+        reduction_changes: option changes applied to that reduction (the front ends' ``--token-reduction``
+            / ``--reduction-*`` flags, :func:`llava.model.token_reduction.args.reduction_changes`).
 
     Returns:
         :class:`~llava.model.loader.LoadedModel` ``(tokenizer, model, None, context_len)``.
@@ -116,11 +130,7 @@ def load_video_llava(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
     folder = resolve_checkpoint(model_path)
-    layout = video_checkpoint_layout(folder)
-    if source is not None and source != layout:
-        if source not in VIDEO_SOURCES:
-            raise ValueError(f"source must be one of {VIDEO_SOURCES}, got {source!r}.")
-        raise ValueError(f"{folder} is a Video-LLaVA checkpoint in the {layout!r} layout, not {source!r}.")
+    layout = _checked_layout(folder, source)
     options = {
         "video_reduction_form": reduction_form,
         "video_iqr_scope": iqr_scope,
@@ -138,6 +148,8 @@ def load_video_llava(
         model.set_token_reduction(
             token_reduction if token_reduction is not None else model.config.mm_token_reduction
         )
+    if reduction_changes:
+        model.set_token_reduction(apply_changes(model.token_reduction, reduction_changes))
     model.to(device=device, dtype=dtype).eval()
     tokenizer = _load_tokenizer(folder, None)
     logger.info(

@@ -23,7 +23,7 @@ import torch
 
 from llava.model.loader import LoadedModel, resolve_checkpoint
 from llava.model.multimodal_encoder.languagebind_video import VideoTower
-from llava.model.token_reduction.args import apply_changes, reduction_changes
+from llava.model.token_reduction.args import reduction_changes
 from llava.model.token_reduction.config import ReductionConfig
 from llava.model.video_args import add_video_model_args, video_load_kwargs
 from llava.model.video_loader import load_video_llava, video_checkpoint_layout
@@ -83,12 +83,13 @@ def load_video_model(args: argparse.Namespace, device: str, dtype: torch.dtype) 
     The ``--token-reduction`` / ``--reduction-*`` flags change the checkpoint's recorded reduction (as for
     images); the model then runs it per frame (``model.video_reduction``).
     """
-    loaded = load_video_llava(args.model_path, **video_load_kwargs(args), device=device, dtype=dtype)
-    changes = reduction_changes(args)
-    if changes:
-        recorded = ReductionConfig.from_value(loaded.model.config.mm_token_reduction)
-        loaded.model.set_token_reduction(apply_changes(recorded, changes))
-    return loaded
+    return load_video_llava(
+        args.model_path,
+        **video_load_kwargs(args),
+        device=device,
+        dtype=dtype,
+        reduction_changes=reduction_changes(args),
+    )
 
 
 def read_video(path: str | Path, num_frames: int = NUM_FRAMES) -> np.ndarray:

@@ -1,8 +1,11 @@
 """The published training scripts and a 2-process DeepSpeed ZeRO-3 run, for real, on the CPU.
 
-Each ``scripts/v1_5/*.sh`` runs unchanged except for model/data paths (environment variables) and a
-step count (``--max_steps``), through the DeepSpeed launcher and ``llava/train/train_mem.py``, as on a
-GPU node. DeepSpeed runs on its CPU accelerator over gloo (it compiles one small C++ op on first use).
+``pretrain.sh``, ``finetune.sh`` and ``finetune_lora_prumerge_plus.sh`` (which runs ``finetune_lora.sh``,
+which runs ``finetune.sh``) run unchanged except for model/data paths (environment variables) and a step
+count (``--max_steps``), through the DeepSpeed launcher and ``llava/train/train_mem.py``, as on a GPU
+node; the other wrappers only set variables on the way, and their launch commands are parsed by the
+training's argument classes. The 2-process ZeRO-3 run trains ATP with LoRA. DeepSpeed runs on its CPU
+accelerator over gloo (it compiles one small C++ op on first use).
 """
 
 import json
@@ -64,21 +67,18 @@ def pretrained(train_workspace, tmp_path_factory):
     return {**paths, "PRETRAIN_MM_MLP_ADAPTER": str(out / "mm_projector.bin")}
 
 
+# Real runs of the two ends of the wrapper chain: finetune.sh (full, ZeRO-3) and
+# finetune_lora_prumerge_plus.sh, which runs finetune_lora.sh, which runs finetune.sh. The other wrappers
+# only set variables on the way; their launches are checked below by parsing them (DRY_RUN=1).
 @pytest.mark.parametrize(
-    ("script", "kind", "method", "flags"),
-    [
-        ("finetune.sh", "full", "none", ()),
-        ("finetune_lora.sh", "lora", "none", ()),
-        ("finetune_lora_prumerge.sh", "lora", "prumerge", ()),
-        ("finetune_lora_prumerge_plus.sh", "lora", "prumerge_plus", ()),
-        ("finetune_lora_atp.sh", "lora", "atp", ("--reduction_atp_layers", "1")),  # a 2-layer base
-    ],
+    ("script", "kind", "method"),
+    [("finetune.sh", "full", "none"), ("finetune_lora_prumerge_plus.sh", "lora", "prumerge_plus")],
 )
 def test_finetune_scripts_run_and_their_checkpoints_load(
-    pretrained, train_workspace, tmp_path, script, kind, method, flags
+    pretrained, train_workspace, tmp_path, script, kind, method
 ):
     out = tmp_path / "ckpt"
-    run_script(script, {**pretrained, "OUTPUT_DIR": str(out)}, "--max_steps", "2", *flags)
+    run_script(script, {**pretrained, "OUTPUT_DIR": str(out)}, "--max_steps", "2")
     assert checkpoint_kind(out) == kind
     config = json.loads((out / "config.json").read_text())
     assert config["mm_token_reduction"]["method"] == method
@@ -89,9 +89,6 @@ def test_finetune_scripts_run_and_their_checkpoints_load(
     base = pretrained["MODEL_BASE"] if kind == "lora" else None
     _, model, _, _ = load_pretrained_model(str(out), base, device="cpu")
     assert model.get_vision_tower().reduction.method == method
-    if method == "atp":  # the script's budget and the trained modules come back with the checkpoint
-        assert config["mm_token_reduction"]["atp_target_tokens"] == 144 and config["mm_atp_layers"] == [1]
-        assert model.model.in_llm_method().modules is model.get_model().atp_modules
 
 
 def test_two_process_zero3_lora_run(train_workspace, tmp_path):
@@ -169,11 +166,11 @@ def test_two_process_zero3_lora_run(train_workspace, tmp_path):
     torch.testing.assert_close(model.get_model().atp_modules.predictor(1).head_bias, extras[head])
 
 
-def dry_run(env: dict[str, str]) -> str:
-    """What ``finetune_lora.sh`` would launch (``DRY_RUN=1``): its batch line and command, on stderr."""
+def dry_run(env: dict[str, str], script: str = "finetune_lora.sh") -> str:
+    """What ``script`` would launch (``DRY_RUN=1``): its batch line and command, on stderr."""
     env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "CUDA_VISIBLE_DEVICES": "", **env}
     result = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "v1_5" / "finetune_lora.sh")],
+        ["bash", str(REPO_ROOT / "scripts" / "v1_5" / script)],
         env=env,
         capture_output=True,
         text=True,
@@ -181,6 +178,57 @@ def dry_run(env: dict[str, str]) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "method", "lora", "base", "output"),
+    [
+        ("finetune_lora.sh", "none", True, "lmsys/vicuna-7b-v1.5", "llava-v1.5-7b-lora"),
+        (
+            "finetune_lora_prumerge.sh",
+            "prumerge",
+            True,
+            "lmsys/vicuna-7b-v1.5",
+            "llava-v1.5-7b-lora-prumerge",
+        ),
+        ("finetune_atp.sh", "atp", False, "liuhaotian/llava-v1.5-7b", "llava-v1.5-7b-atp-88"),
+        ("finetune_lora_atp.sh", "atp", True, "liuhaotian/llava-v1.5-7b", "llava-v1.5-7b-lora-atp-88"),
+    ],
+)
+def test_wrapper_scripts_launch_their_recipe_and_the_flags_parse(script, method, lora, base, output):
+    """Each wrapper's command, parsed by the training's own argument classes."""
+    import shlex
+
+    import transformers
+
+    from llava.model.token_reduction.args import ReductionArguments
+    from llava.train.arguments import DataArguments, ModelArguments
+
+    out = dry_run({"ATP_TARGET": "88", "NUM_GPUS": "8"}, script)
+    command = shlex.split(out.strip().splitlines()[-1])
+    argv = command[command.index(str(REPO_ROOT / "llava" / "train" / "train_mem.py")) + 1 :]
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, ReductionArguments))
+    model_args, _, reduction_args, rest = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    reduction = reduction_args.to_config()
+    flags = dict(zip(rest[::2], rest[1::2]))
+    assert reduction.method == method and model_args.model_name_or_path == base
+    assert flags["--output_dir"] == f"./checkpoints/{output}"
+    assert flags["--learning_rate"] == ("2e-4" if lora else "2e-5") and flags.get("--lora_enable") == (
+        "True" if lora else None
+    )
+    assert "8 process(es) x 16 per device x 1 accumulation = global batch 128" in out
+    if method == "atp":  # from the released model and its own projector, toward 88 tokens
+        assert model_args.pretrain_mm_mlp_adapter is None
+        assert reduction.atp_target_tokens == 88 and reduction.atp_layers == (4, 14, 24)
+        assert (flags["--atp_lr"], flags["--atp_budget_weight"], flags["--atp_target_weight"]) == (
+            "1e-4",
+            "0.1",
+            "1.0",
+        )
+    else:
+        assert model_args.pretrain_mm_mlp_adapter == "./checkpoints/llava-v1.5-7b-pretrain/mm_projector.bin"
 
 
 def test_the_world_size_is_the_sum_of_the_hostfile_slots(tmp_path):

@@ -273,21 +273,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 spliced.labels,
             )
             visual_mask = spliced.visual_mask
-        method = self.model.in_llm_method()
-        soft = method is not None and self.training
-        if soft and not hasattr(method, "soft_mask"):
-            raise ValueError(
-                f"The in-LLM reduction {self.model.in_llm_reduction().method!r} runs at inference only; "
-                "it cannot run while training."
-            )
-        if soft and labels is not None:
-            query_index = last_prompt_positions(labels, attention_mask)
-        extra: dict[str, Any] = {}
-        with (
-            self.model.in_llm.forward_step(method, visual_mask, attention_mask, query_index, soft=soft)
-            if method is not None
-            else contextlib.nullcontext()
-        ) as step:
+        with self._in_llm_step(visual_mask, attention_mask, query_index, labels) as step:
             out = super().forward(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -297,14 +283,34 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
-            if soft and step.mode == "soft":
-                extra = method.training_outputs(step)
+            extra = self.model.in_llm.method.training_outputs(step) if step and step.mode == "soft" else {}
         return LlavaCausalLMOutput(
             **dict(out.items()),
             truncated=None if spliced is None else spliced.truncated,
             num_visual_tokens=None if spliced is None else spliced.num_visual_tokens,
             **extra,
         )
+
+    def _in_llm_step(
+        self, visual_mask, attention_mask, query_index, labels
+    ) -> contextlib.AbstractContextManager:
+        """The in-LLM reduction's hooks for one forward pass (a null context without one).
+
+        In training the method runs with soft masks (ATP); its text queries end before each sample's
+        first answer token. A method without soft masks (FastV) cannot train.
+        """
+        method = self.model.in_llm_method()
+        if method is None:
+            return contextlib.nullcontext()
+        soft = self.training
+        if soft and not hasattr(method, "soft_mask"):
+            raise ValueError(
+                f"The in-LLM reduction {self.model.in_llm_reduction().method!r} runs at inference only; "
+                "it cannot run while training."
+            )
+        if soft and labels is not None:
+            query_index = last_prompt_positions(labels, attention_mask)
+        return self.model.in_llm.forward_step(method, visual_mask, attention_mask, query_index, soft=soft)
 
     @torch.no_grad()
     def generate(
