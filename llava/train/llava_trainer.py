@@ -203,8 +203,8 @@ class LLaVATrainer(Trainer):
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None
             ) or self.compute_loss_func is not None
         steps = self.current_gradient_accumulation_steps if scaled_for_ga else 1
-        if self.model.training:
-            self.atp_log.add(outputs.loss, atp, outputs.atp_kept_tokens, outputs.atp_mean_tokens)
+        if self.model.training:  # the LM loss as the Trainer logs its loss: per optimizer step
+            self.atp_log.add(loss * steps, atp, outputs.atp_kept_tokens, outputs.atp_mean_tokens)
         return loss + atp.to(loss.dtype) / steps
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
@@ -239,7 +239,12 @@ class LLaVATrainer(Trainer):
 
 
 class ATPLog:
-    """Sums of ATP's training figures between two logs (one entry per micro-batch)."""
+    """Sums of ATP's training figures between two logs (one entry per micro-batch).
+
+    The LM loss is entered as the Trainer counts its own (normalised over the accumulated batch and the
+    processes when transformers does so), times the accumulation steps, so that its mean over the
+    micro-batches of a step is that step's LM loss; the others are per-batch means.
+    """
 
     def __init__(self) -> None:
         self.count = 0

@@ -149,3 +149,22 @@ def test_bad_atp_training_flags_fail_before_loading(atp_workspace, tmp_path):
     ]
     with pytest.raises(ValueError, match="reentrant"):
         main(common_args(root, base, clip, tmp_path / "c", "--max_steps", "1", *ATP, *reentrant))
+
+
+def test_logged_losses_add_up_with_gradient_accumulation(atp_workspace, tmp_path):
+    root, base, clip = atp_workspace
+    args = [
+        "--max_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        *ATP,
+    ]
+    run = main(common_args(root, base, clip, tmp_path / "ga", *args))
+    logs = [h for h in run.trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:  # the LM loss is per optimizer step, as the Trainer's own loss (not per micro-batch)
+        assert h["loss"] == pytest.approx(h["lm_loss"] + h["atp_loss"], abs=2e-3)
+        assert h["lm_loss"] > 4.0  # an untrained model's loss, not half of it
