@@ -13,9 +13,11 @@ visual tokens with the attention of layer l - 1, computed from that layer's own 
 A visual token is kept if it passes either threshold (θ_r for redundancy, θ_s for space); text tokens are
 never pruned. Inference drops the other tokens physically (:class:`ATP`, run by the decoder-layer hooks of
 :mod:`llava.model.token_reduction.in_llm`): kept tokens keep their original positions and the later
-layers' KV cache holds only them. The paper predicts θ_r, θ_s per instance with a small MLP per module
-(:class:`ThresholdPredictor`); until trained modules exist, ``atp`` runs with fixed thresholds given in
-the options (the training-free mode). :func:`soft_keep` is the sigmoid mask training uses.
+layers' KV cache holds only them. θ_r, θ_s are predicted per instance by a small MLP per module
+(:class:`ThresholdPredictor`, held by the model as :class:`ATPModules`), or fixed in the options (the
+training-free mode). Training keeps every token and multiplies :func:`soft_keep`'s sigmoid masks into a
+soft mask that later layers attend through (the ``soft`` mode of the hooks); :func:`budget_losses` are its
+loss terms.
 """
 
 from __future__ import annotations

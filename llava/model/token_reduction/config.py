@@ -117,7 +117,8 @@ class ReductionConfig:
         atp_temperature: ATP only: the temperature of the soft masks used in training.
         atp_spatial_lambda: ATP only: λ of the spatial score ``1 - λ * sampling rate``.
         atp_redundancy_threshold, atp_spatial_threshold: ATP only: fixed thresholds θ_r, θ_s for every
-            module (the training-free mode); required while no trained ATP modules exist.
+            module (the training-free mode); required on a checkpoint without trained ATP modules, and
+            taking precedence over them when given.
 
     A method reads only the fields its registry entry lists (:attr:`Reducer.options`); giving any other
     field a non-default value raises, so a flag never silently does nothing.
