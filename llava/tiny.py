@@ -96,6 +96,16 @@ def _tiny_llama_fields(
     }
 
 
+def _save_tiny(model, tokenizer, out_dir: Path, tower_field: str, tower_dir: str | Path):
+    """Saves ``model`` and ``tokenizer`` to ``out_dir`` (a tower inside it recorded by its relative name, so
+    the checkpoint folder can move); returns ``(model in eval mode, tokenizer)``."""
+    if Path(tower_dir).resolve().parent == out_dir.resolve():
+        setattr(model.config, tower_field, Path(tower_dir).name)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model.eval(), tokenizer
+
+
 def build_tiny_llava(
     out_dir: str | Path,
     clip_dir: str | Path | None = None,
@@ -132,11 +142,7 @@ def build_tiny_llava(
     torch.manual_seed(seed)
     model = LlavaLlamaForCausalLM(config)
     model.get_vision_tower().load_model()
-    if Path(clip_dir).resolve().parent == out_dir.resolve():
-        model.config.mm_vision_tower = Path(clip_dir).name  # relative: the checkpoint folder can move
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return model.eval(), tokenizer
+    return _save_tiny(model, tokenizer, out_dir, "mm_vision_tower", clip_dir)
 
 
 TRAIN_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
@@ -297,11 +303,7 @@ def build_tiny_video_llava(
     torch.manual_seed(seed)
     model = LlavaVideoForCausalLM(config)
     model.get_video_tower().load_model()
-    if Path(tower_dir).resolve().parent == out_dir.resolve():
-        model.config.mm_video_tower = Path(tower_dir).name  # relative: the checkpoint folder can move
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return model.eval(), tokenizer
+    return _save_tiny(model, tokenizer, out_dir, "mm_video_tower", tower_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -223,6 +223,12 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM):
             tokens, lengths = tokens[:0], lengths[:0]
         else:
             tokens, lengths = self._no_images(input_ids)
+        return self.splice(input_ids, attention_mask, labels, tokens, lengths, padding_side)
+
+    def splice(
+        self, input_ids, attention_mask, labels, tokens, lengths, padding_side=None
+    ) -> MultimodalInputs:
+        """:func:`splice_visual_tokens` with this model's embeddings, context length and padding side."""
         return splice_visual_tokens(
             input_ids,
             attention_mask,

@@ -25,7 +25,7 @@ from llava.model.language_model.llava_llama import (
     LlavaLlamaForCausalLM,
     LlavaLlamaModel,
 )
-from llava.model.llava_arch import MultimodalInputs, splice_visual_tokens
+from llava.model.llava_arch import MultimodalInputs
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
 from llava.model.multimodal_encoder.languagebind_video import VideoTower, resolve_video_reduction
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -228,16 +228,7 @@ class LlavaVideoForCausalLM(LlavaLlamaForCausalLM):
                 f"placeholder(s) for {num_videos} video(s) of {num_frames} frames; give {num_frames} per video "
                 "(one per frame, Video-LLaVA's prompt) or one per video."
             )
-        return splice_visual_tokens(
-            input_ids,
-            attention_mask,
-            labels,
-            tokens,
-            lengths,
-            self.get_input_embeddings(),
-            max_length=self.config.tokenizer_model_max_length,
-            padding_side=padding_side or self.config.tokenizer_padding_side,
-        )
+        return self.splice(input_ids, attention_mask, labels, tokens, lengths, padding_side)
 
     def forward(
         self,
